@@ -1,0 +1,23 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both run setup
+# first (idempotent; everything it downloads is cached in ~/.cache/rlvr).
+.PHONY: setup build demo test lint fmt
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	cargo build --all-targets
+
+demo: setup
+	cargo run --quiet -- demo
+
+test: setup
+	@bash scripts/python-env.sh >/dev/null || echo "[test] no Python with transformers: the transformers round-trip test will skip"
+	cargo test --all-targets
+
+lint: setup
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+fmt:
+	cargo fmt

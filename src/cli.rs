@@ -1,0 +1,225 @@
+//! The `rlvr` command line. Only commands that work are listed.
+
+use crate::config::{self, RunConfig, TaskConfig};
+use crate::inspect;
+use crate::sample::SamplingParams;
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "rlvr",
+    version,
+    about = "Reinforcement-learning post-training for language models (GRPO/PPO, verifiable rewards)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate run configs and task files (YAML) and print them resolved with defaults.
+    Check {
+        /// Files to check; a file with a `rewards` key is read as a task, any other as a run config.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print only errors, not the resolved configs.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Report what this machine provides: libtorch, CUDA, threads, sandbox modules.
+    Env,
+    /// Run the end-to-end demo (what exists of it; it lists the stages still missing).
+    Demo {
+        /// Redo every stage instead of reusing finished ones.
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// Show how a text splits into tokens and ids.
+    Tokenize {
+        /// A model folder or a tokenizer.json.
+        #[arg(long)]
+        tokenizer: PathBuf,
+        text: String,
+    },
+    /// Print each token's id and log-prob under a model (for debugging and perplexity).
+    Logprobs {
+        #[arg(long)]
+        model: PathBuf,
+        /// Text to score (needs the model's tokenizer.json).
+        #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
+        text: Option<String>,
+        /// Comma-separated token ids to score.
+        #[arg(long)]
+        ids: Option<String>,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also print each position's full logits row.
+        #[arg(long)]
+        logits: bool,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Sample completions of a prompt from a model folder.
+    Sample {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        /// Wrap the prompt as a user turn of the chat template.
+        #[arg(long)]
+        chat: bool,
+        #[arg(short, long, default_value_t = 4)]
+        n: usize,
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// 0 for greedy decoding.
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f64,
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
+        /// Stop when the completion contains this text (repeatable).
+        #[arg(long = "stop")]
+        stop_strings: Vec<String>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Check { files, quiet } => check(&files, quiet),
+        Command::Env => print_env(),
+        Command::Demo { fresh } => crate::demo::run(fresh),
+        Command::Tokenize { tokenizer, text } => inspect::tokenize(&tokenizer, &text),
+        Command::Logprobs {
+            model,
+            text,
+            ids,
+            json,
+            logits,
+            device,
+        } => inspect::parse_device(&device).and_then(|device| {
+            inspect::logprobs(
+                &model,
+                text.as_deref(),
+                ids.as_deref(),
+                json,
+                logits,
+                device,
+            )
+        }),
+        Command::Sample {
+            model,
+            prompt,
+            chat,
+            n,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            stop_strings,
+            seed,
+            device,
+        } => {
+            let params = SamplingParams {
+                max_new_tokens,
+                temperature,
+                top_k,
+                top_p,
+                stop_token_ids: Vec::new(),
+                stop_strings,
+                seed,
+            };
+            inspect::parse_device(&device)
+                .and_then(|device| inspect::sample(&model, &prompt, chat, n, params, device))
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loaded config of either kind, for printing.
+enum Checked {
+    Run(Box<RunConfig>),
+    Task(Box<TaskConfig>),
+}
+
+fn load_any(path: &Path) -> Result<Checked> {
+    let probe: serde_yaml::Value = config::load_yaml(path)?;
+    if probe.get("rewards").is_some() {
+        Ok(Checked::Task(Box::new(TaskConfig::load(path)?)))
+    } else {
+        Ok(Checked::Run(Box::new(RunConfig::load(path)?)))
+    }
+}
+
+fn check(files: &[PathBuf], quiet: bool) -> Result<()> {
+    let mut failures = 0;
+    for path in files {
+        match load_any(path) {
+            Ok(checked) => {
+                let (kind, resolved) = match checked {
+                    Checked::Run(c) => ("run config", serde_yaml::to_string(&c)?),
+                    Checked::Task(t) => ("task", serde_yaml::to_string(&t)?),
+                };
+                println!("ok: {} ({kind})", path.display());
+                if !quiet {
+                    for line in resolved.lines() {
+                        println!("    {line}");
+                    }
+                }
+            }
+            Err(error) => {
+                failures += 1;
+                eprintln!("error: {error:#}");
+            }
+        }
+    }
+    if failures > 0 {
+        bail!("{failures} of {} file(s) failed the check", files.len());
+    }
+    Ok(())
+}
+
+pub fn print_env() -> Result<()> {
+    let probe = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
+    let dot = probe.dot(&probe).double_value(&[]);
+    println!("libtorch:      loaded (tch 0.26 / libtorch 2.13.0), 1·1+2·2+3·3 = {dot}");
+    println!("cpu threads:   {}", tch::get_num_threads());
+    println!(
+        "cuda:          {}",
+        if tch::Cuda::is_available() {
+            format!("{} device(s)", tch::Cuda::device_count())
+        } else {
+            "not available".into()
+        }
+    );
+    println!("cache:         {}", crate::cache::cache_dir().display());
+    for name in ["python-3.12.wasm", "micropython.wasm"] {
+        let path = crate::cache::wasm_module(name);
+        let size = std::fs::metadata(&path)
+            .with_context(|| format!("{} is missing: run scripts/setup.sh", path.display()))?
+            .len();
+        println!(
+            "sandbox:       {} ({:.1} MB)",
+            path.display(),
+            size as f64 / 1e6
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,289 @@
+//! The run config: what `rlvr rl CONFIG` (and later stages) read.
+//!
+//! Key names follow TRL's GRPOConfig where one exists (num_generations, beta,
+//! epsilon / epsilon_high, loss_type, scale_rewards, num_iterations, temperature,
+//! max_completion_length), so a config reads familiar; defaults follow TRL too.
+
+use super::checks::{
+    non_negative_f64, optional_non_negative_f64, positive_f64, positive_usize, unit_interval,
+};
+use super::{ConfigError, load_yaml};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Run name; outputs go to `<output_dir>/<name>/`.
+    pub name: String,
+    #[serde(default = "default_output_dir")]
+    pub output_dir: PathBuf,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub device: Device,
+    pub model: ModelSection,
+    /// Task file (YAML) that supplies prompts and reward functions.
+    #[serde(default)]
+    pub task: Option<PathBuf>,
+    #[serde(default)]
+    pub optim: OptimSection,
+    #[serde(default)]
+    pub train: TrainSection,
+    #[serde(default)]
+    pub rl: Option<RlSection>,
+}
+
+fn default_output_dir() -> PathBuf {
+    PathBuf::from("runs")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// A Hugging Face model folder (config.json, model.safetensors, tokenizer.json).
+    pub path: PathBuf,
+    #[serde(default)]
+    pub dtype: Dtype,
+    /// Frozen reference model for the KL term; defaults to the initial policy.
+    #[serde(default)]
+    pub reference: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrScheduler {
+    Constant,
+    Linear,
+    #[default]
+    Cosine,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimSection {
+    #[serde(deserialize_with = "positive_f64")]
+    pub learning_rate: f64,
+    #[serde(deserialize_with = "non_negative_f64")]
+    pub weight_decay: f64,
+    #[serde(deserialize_with = "unit_interval")]
+    pub adam_beta1: f64,
+    #[serde(deserialize_with = "unit_interval")]
+    pub adam_beta2: f64,
+    #[serde(deserialize_with = "positive_f64")]
+    pub adam_epsilon: f64,
+    pub warmup_steps: usize,
+    pub lr_scheduler: LrScheduler,
+    /// Gradient-norm clipping; 0 disables it.
+    #[serde(deserialize_with = "non_negative_f64")]
+    pub max_grad_norm: f64,
+}
+
+impl Default for OptimSection {
+    fn default() -> Self {
+        Self {
+            learning_rate: 1e-6,
+            weight_decay: 0.0,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            warmup_steps: 0,
+            lr_scheduler: LrScheduler::Cosine,
+            max_grad_norm: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_steps: usize,
+    #[serde(deserialize_with = "positive_usize")]
+    pub batch_size: usize,
+    #[serde(deserialize_with = "positive_usize")]
+    pub gradient_accumulation_steps: usize,
+    /// Steps between checkpoints; 0 saves only at the end.
+    pub save_steps: usize,
+    #[serde(deserialize_with = "positive_usize")]
+    pub logging_steps: usize,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self {
+            max_steps: 100,
+            batch_size: 8,
+            gradient_accumulation_steps: 1,
+            save_steps: 0,
+            logging_steps: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    #[default]
+    Grpo,
+    Ppo,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossType {
+    Grpo,
+    Bnpo,
+    DrGrpo,
+    #[default]
+    Dapo,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleRewards {
+    #[default]
+    Group,
+    Batch,
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RlSection {
+    pub algorithm: Algorithm,
+    /// Distinct prompts sampled per optimizer step.
+    #[serde(deserialize_with = "positive_usize")]
+    pub prompts_per_step: usize,
+    /// Completions sampled per prompt (the group size G).
+    #[serde(deserialize_with = "positive_usize")]
+    pub num_generations: usize,
+    #[serde(deserialize_with = "positive_usize")]
+    pub max_completion_length: usize,
+    #[serde(deserialize_with = "positive_f64")]
+    pub temperature: f64,
+    #[serde(deserialize_with = "unit_interval")]
+    pub top_p: f64,
+    /// 0 disables top-k filtering.
+    pub top_k: usize,
+    /// KL coefficient against the frozen reference; 0 skips the reference model.
+    #[serde(deserialize_with = "non_negative_f64")]
+    pub beta: f64,
+    #[serde(deserialize_with = "non_negative_f64")]
+    pub epsilon: f64,
+    /// Upper clip (DAPO's clip-higher); defaults to `epsilon`.
+    #[serde(deserialize_with = "optional_non_negative_f64")]
+    pub epsilon_high: Option<f64>,
+    pub loss_type: LossType,
+    pub scale_rewards: ScaleRewards,
+    /// Policy updates per generation batch (> 1 reuses stored old log-probs).
+    #[serde(deserialize_with = "positive_usize")]
+    pub num_iterations: usize,
+    /// Exclude completions cut off at max_completion_length from the loss.
+    pub mask_truncated_completions: bool,
+    /// DAPO dynamic sampling: at most this many extra prompt draws per step to replace
+    /// groups whose rewards have zero spread; 0 disables it.
+    pub dynamic_sampling_max_draws: usize,
+}
+
+impl Default for RlSection {
+    fn default() -> Self {
+        Self {
+            algorithm: Algorithm::Grpo,
+            prompts_per_step: 8,
+            num_generations: 8,
+            max_completion_length: 256,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            beta: 0.0,
+            epsilon: 0.2,
+            epsilon_high: None,
+            loss_type: LossType::Dapo,
+            scale_rewards: ScaleRewards::Group,
+            num_iterations: 1,
+            mask_truncated_completions: false,
+            dynamic_sampling_max_draws: 0,
+        }
+    }
+}
+
+impl RlSection {
+    pub fn epsilon_high(&self) -> f64 {
+        self.epsilon_high.unwrap_or(self.epsilon)
+    }
+}
+
+impl RunConfig {
+    /// Loads a run config and checks the rules that span several keys.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let config: Self = load_yaml(path)?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let fail = |key_path: &str, message: String| ConfigError {
+            file: path.to_path_buf(),
+            key_path: key_path.to_string(),
+            line_column: None,
+            message,
+            suggestion: None,
+        };
+        if self.name.trim().is_empty() || self.name.contains(['/', '\\']) {
+            return Err(fail(
+                "name",
+                format!(
+                    "`{}` is not a usable run name (non-empty, no slashes)",
+                    self.name
+                ),
+            ));
+        }
+        if let Some(rl) = &self.rl {
+            if rl.epsilon_high() < rl.epsilon {
+                return Err(fail(
+                    "rl.epsilon_high",
+                    format!(
+                        "must be >= rl.epsilon ({}), got {}",
+                        rl.epsilon,
+                        rl.epsilon_high()
+                    ),
+                ));
+            }
+            if rl.algorithm == Algorithm::Grpo && rl.num_generations < 2 {
+                return Err(fail(
+                    "rl.num_generations",
+                    "GRPO compares completions within a group: it needs at least 2 \
+                     generations per prompt"
+                        .into(),
+                ));
+            }
+            if self.task.is_none() {
+                return Err(fail("task", "an `rl` section needs a `task` file".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The folder this run writes to.
+    pub fn run_dir(&self) -> PathBuf {
+        self.output_dir.join(&self.name)
+    }
+}

@@ -1,0 +1,3 @@
+//! Data sources: synthetic task generators (and, later, jsonl/parquet readers).
+
+pub mod arithmetic;

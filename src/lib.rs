@@ -1,0 +1,14 @@
+//! rlvr: reinforcement-learning post-training for language models.
+//!
+//! Data flows one way (see docs/ARCHITECTURE.md): run config and task →
+//! prompts → sampler → rewards → advantages → loss → optimizer → run directory.
+
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod demo;
+pub mod inspect;
+pub mod model;
+pub mod sample;
+pub mod tokenizer;

@@ -1,0 +1,218 @@
+//! Hugging Face checkpoint folders: `config.json`, `model.safetensors` or shards named
+//! by `model.safetensors.index.json`, `generation_config.json`, `tokenizer.json`.
+//!
+//! Loading copies each tensor into the variable of the same name, checking shapes, and
+//! names the file and tensor for anything missing or misshapen. Saving writes to a
+//! temporary folder and renames it into place, so a crash never leaves half a checkpoint.
+
+use super::config::ModelConfig;
+use super::transformer::Transformer;
+use crate::config::run::Dtype;
+use anyhow::{Context, Result, bail};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor, nn};
+
+/// A model with its variables: what a checkpoint folder loads into.
+pub struct Model {
+    pub vs: nn::VarStore,
+    pub transformer: Transformer,
+}
+
+impl Model {
+    /// A randomly initialised model (for from-scratch training and tests).
+    pub fn random(config: &ModelConfig, device: Device, dtype: Dtype) -> Result<Self> {
+        let mut vs = nn::VarStore::new(device);
+        let transformer = Transformer::new(&vs.root(), config)?;
+        vs.set_kind(kind_of(dtype));
+        Ok(Self { vs, transformer })
+    }
+
+    /// Loads a checkpoint folder; weights are converted to `dtype`.
+    pub fn load(dir: &Path, device: Device, dtype: Dtype) -> Result<Self> {
+        if !dir.is_dir() {
+            bail!("{}: not a model folder", dir.display());
+        }
+        let config = ModelConfig::load(&dir.join("config.json"))?;
+        let mut model = Self::random(&config, device, dtype)?;
+        load_weights(&mut model.vs, dir, config.tie_word_embeddings)?;
+        Ok(model)
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.transformer.config
+    }
+
+    /// Writes the HF layout to `dir` atomically. `tokenizer` (a tokenizer.json) is
+    /// copied in when given.
+    pub fn save(&self, dir: &Path, tokenizer: Option<&Path>) -> Result<()> {
+        let staging = sibling(dir, "saving")?;
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)?;
+        }
+        std::fs::create_dir_all(&staging)
+            .with_context(|| format!("cannot create {}", staging.display()))?;
+
+        let named: BTreeMap<String, Tensor> = self.vs.variables().into_iter().collect();
+        let tensors: Vec<(&str, Tensor)> = named
+            .iter()
+            .map(|(name, t)| {
+                (
+                    name.as_str(),
+                    t.detach().to_device(Device::Cpu).contiguous(),
+                )
+            })
+            .collect();
+        Tensor::write_safetensors(&tensors, staging.join("model.safetensors"))
+            .context("cannot write model.safetensors")?;
+
+        let mut config = serde_json::to_value(self.config())?;
+        let dtype = dtype_name(self.vs.kind());
+        // transformers 5 reads `dtype`, older versions `torch_dtype`.
+        config["dtype"] = dtype.into();
+        config["torch_dtype"] = dtype.into();
+        write_json(&staging.join("config.json"), &config)?;
+        let mut generation = serde_json::json!({ "do_sample": true });
+        for key in ["bos_token_id", "eos_token_id", "pad_token_id"] {
+            if let Some(v) = config.get(key) {
+                generation[key] = v.clone();
+            }
+        }
+        write_json(&staging.join("generation_config.json"), &generation)?;
+        if let Some(tokenizer) = tokenizer {
+            std::fs::copy(tokenizer, staging.join("tokenizer.json"))
+                .with_context(|| format!("cannot copy {}", tokenizer.display()))?;
+        }
+        replace_dir(&staging, dir)
+    }
+}
+
+fn kind_of(dtype: Dtype) -> Kind {
+    match dtype {
+        Dtype::F32 => Kind::Float,
+        Dtype::Bf16 => Kind::BFloat16,
+        Dtype::F16 => Kind::Half,
+    }
+}
+
+fn dtype_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::BFloat16 => "bfloat16",
+        Kind::Half => "float16",
+        _ => "float32",
+    }
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(value)? + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `dir` with a suffix, in the same parent folder (so a rename is atomic).
+fn sibling(dir: &Path, suffix: &str) -> Result<PathBuf> {
+    let name = dir
+        .file_name()
+        .with_context(|| format!("{}: a checkpoint needs a folder name", dir.display()))?;
+    Ok(dir.with_file_name(format!(".{}.{suffix}", name.to_string_lossy())))
+}
+
+/// Moves `staging` to `dir`, replacing what is there; the old copy is removed only
+/// after the new one is in place.
+fn replace_dir(staging: &Path, dir: &Path) -> Result<()> {
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let old = sibling(dir, "old")?;
+    if dir.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old)?;
+        }
+        std::fs::rename(dir, &old)?;
+    }
+    std::fs::rename(staging, dir)
+        .with_context(|| format!("cannot move the checkpoint into {}", dir.display()))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    Ok(())
+}
+
+/// The safetensors files of a checkpoint: the shards named in the index, or the
+/// single `model.safetensors`.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index)
+            .with_context(|| format!("cannot read {}", index.display()))?;
+        let parsed: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", index.display()))?;
+        let weight_map = parsed
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .with_context(|| format!("{}: no `weight_map` object", index.display()))?;
+        let shards: BTreeSet<&str> = weight_map.values().filter_map(|v| v.as_str()).collect();
+        return Ok(shards.into_iter().map(|s| dir.join(s)).collect());
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    bail!(
+        "{}: no model.safetensors or model.safetensors.index.json (only safetensors weights are supported)",
+        dir.display()
+    )
+}
+
+/// Copies every tensor of the checkpoint into the variable of the same name.
+fn load_weights(vs: &mut nn::VarStore, dir: &Path, tied: bool) -> Result<()> {
+    let variables = vs.variables();
+    let mut loaded = BTreeSet::new();
+    for file in weight_files(dir)? {
+        if !file.exists() {
+            bail!("{}: shard named in the index is missing", file.display());
+        }
+        let tensors = Tensor::read_safetensors(&file).with_context(|| {
+            format!(
+                "{}: cannot read safetensors (truncated or corrupt?)",
+                file.display()
+            )
+        })?;
+        for (name, tensor) in tensors {
+            let Some(variable) = variables.get(&name) else {
+                // Tied checkpoints sometimes carry lm_head anyway; old ones carry
+                // rotary buffers. Neither is a variable of ours.
+                continue;
+            };
+            if variable.size() != tensor.size() {
+                bail!(
+                    "{}: tensor `{name}` has shape {:?}, the config needs {:?}",
+                    file.display(),
+                    tensor.size(),
+                    variable.size()
+                );
+            }
+            tch::no_grad(|| {
+                let mut variable = variable.shallow_clone();
+                variable.copy_(&tensor.to_kind(variable.kind()));
+            });
+            loaded.insert(name);
+        }
+    }
+    let missing: Vec<&String> = variables.keys().filter(|n| !loaded.contains(*n)).collect();
+    if !missing.is_empty() {
+        let hint = if tied {
+            ""
+        } else {
+            " (is tie_word_embeddings right?)"
+        };
+        let mut names: Vec<_> = missing.iter().map(|s| s.as_str()).collect();
+        names.sort_unstable();
+        bail!(
+            "{}: {} tensor(s) missing from the checkpoint{hint}: {}",
+            dir.display(),
+            names.len(),
+            names.iter().take(8).copied().collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(())
+}

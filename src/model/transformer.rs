@@ -1,0 +1,373 @@
+//! Decoder-only transformer of the Llama / Qwen2 family: RMSNorm, rotary position
+//! embeddings, grouped-query attention, SwiGLU MLP. Variable names follow the Hugging
+//! Face checkpoints (`model.layers.0.self_attn.q_proj.weight`, ...), so safetensors
+//! files load by name.
+
+use super::config::ModelConfig;
+use super::kv_cache::KvCache;
+use anyhow::{Result, bail};
+use tch::{Kind, Tensor, nn, nn::Module};
+
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn new(vs: nn::Path, dim: i64, eps: f64) -> Self {
+        Self {
+            weight: vs.ones("weight", &[dim]),
+            eps,
+        }
+    }
+
+    /// Normalises in f32 whatever the weights' dtype, as transformers does.
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let x = x.to_kind(Kind::Float);
+        let mean_square = x.square().mean_dim(-1, true, Kind::Float);
+        let normed = x * (mean_square + self.eps).rsqrt();
+        &self.weight * normed.to_kind(kind)
+    }
+}
+
+/// Rotary embeddings: the inverse frequencies, with Llama 3 / linear scaling applied.
+struct Rotary {
+    inv_freq: Tensor,
+}
+
+impl Rotary {
+    fn new(config: &ModelConfig, device: tch::Device) -> Self {
+        let rope = config.rope();
+        let theta = rope.rope_theta.unwrap_or(10_000.0);
+        let dim = config.head_dim();
+        let mut inv_freq: Vec<f64> = (0..dim / 2)
+            .map(|i| 1.0 / theta.powf(2.0 * i as f64 / dim as f64))
+            .collect();
+        let factor = rope.factor.unwrap_or(1.0);
+        match rope.rope_type.as_deref() {
+            Some("linear") => inv_freq.iter_mut().for_each(|f| *f /= factor),
+            Some("llama3") => {
+                let low = rope.low_freq_factor.unwrap_or(1.0);
+                let high = rope.high_freq_factor.unwrap_or(4.0);
+                let context = rope.original_max_position_embeddings.unwrap_or(8192) as f64;
+                for f in inv_freq.iter_mut() {
+                    let wavelength = 2.0 * std::f64::consts::PI / *f;
+                    if wavelength > context / low {
+                        *f /= factor;
+                    } else if wavelength >= context / high {
+                        let smooth = (context / wavelength - low) / (high - low);
+                        *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                    }
+                }
+            }
+            _ => {}
+        }
+        let inv_freq: Vec<f32> = inv_freq.iter().map(|&f| f as f32).collect();
+        Self {
+            inv_freq: Tensor::from_slice(&inv_freq).to_device(device),
+        }
+    }
+
+    /// cos and sin of shape [batch, 1, seq, head_dim] for the given positions.
+    fn cos_sin(&self, position_ids: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+        let freqs = position_ids.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
+        let angles = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
+        (angles.cos().to_kind(kind), angles.sin().to_kind(kind))
+    }
+}
+
+fn rotate_half(x: &Tensor) -> Tensor {
+    let half = x.size().last().copied().unwrap_or(0) / 2;
+    let x1 = x.narrow(-1, 0, half);
+    let x2 = x.narrow(-1, half, half);
+    Tensor::cat(&[-x2, x1], -1)
+}
+
+fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    x * cos + rotate_half(x) * sin
+}
+
+struct Attention {
+    q_proj: nn::Linear,
+    k_proj: nn::Linear,
+    v_proj: nn::Linear,
+    o_proj: nn::Linear,
+    heads: i64,
+    kv_heads: i64,
+    head_dim: i64,
+}
+
+impl Attention {
+    fn new(vs: nn::Path, config: &ModelConfig) -> Self {
+        let hidden = config.hidden_size as i64;
+        let heads = config.num_attention_heads as i64;
+        let kv_heads = config.kv_heads() as i64;
+        let head_dim = config.head_dim() as i64;
+        let qkv = nn::LinearConfig {
+            bias: config.qkv_bias(),
+            ..Default::default()
+        };
+        let o = nn::LinearConfig {
+            bias: config.o_bias(),
+            ..Default::default()
+        };
+        Self {
+            q_proj: nn::linear(&vs / "q_proj", hidden, heads * head_dim, qkv),
+            k_proj: nn::linear(&vs / "k_proj", hidden, kv_heads * head_dim, qkv),
+            v_proj: nn::linear(&vs / "v_proj", hidden, kv_heads * head_dim, qkv),
+            o_proj: nn::linear(&vs / "o_proj", heads * head_dim, hidden, o),
+            heads,
+            kv_heads,
+            head_dim,
+        }
+    }
+
+    /// `mask` is boolean [batch, 1, queries, keys], true where a query may look.
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut (Tensor, Tensor)>,
+    ) -> Tensor {
+        let (batch, seq, _) = x.size3().expect("hidden states are [batch, seq, hidden]");
+        let split_heads = |t: Tensor, heads: i64| {
+            t.reshape([batch, seq, heads, self.head_dim])
+                .transpose(1, 2)
+        };
+        let q = apply_rotary(&split_heads(self.q_proj.forward(x), self.heads), cos, sin);
+        let mut k = apply_rotary(
+            &split_heads(self.k_proj.forward(x), self.kv_heads),
+            cos,
+            sin,
+        );
+        let mut v = split_heads(self.v_proj.forward(x), self.kv_heads);
+        if let Some((past_k, past_v)) = cache {
+            if past_k.numel() > 0 {
+                k = Tensor::cat(&[&*past_k, &k], 2);
+                v = Tensor::cat(&[&*past_v, &v], 2);
+            }
+            *past_k = k.shallow_clone();
+            *past_v = v.shallow_clone();
+        }
+        let y = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            Some(mask),
+            0.0,
+            false,
+            None,
+            self.kv_heads != self.heads,
+        );
+        self.o_proj.forward(
+            &y.transpose(1, 2)
+                .reshape([batch, seq, self.heads * self.head_dim]),
+        )
+    }
+}
+
+struct Mlp {
+    gate_proj: nn::Linear,
+    up_proj: nn::Linear,
+    down_proj: nn::Linear,
+}
+
+impl Mlp {
+    fn new(vs: nn::Path, config: &ModelConfig) -> Self {
+        let (hidden, inner) = (config.hidden_size as i64, config.intermediate_size as i64);
+        let bias = nn::LinearConfig {
+            bias: config.mlp_bias.unwrap_or(false),
+            ..Default::default()
+        };
+        Self {
+            gate_proj: nn::linear(&vs / "gate_proj", hidden, inner, bias),
+            up_proj: nn::linear(&vs / "up_proj", hidden, inner, bias),
+            down_proj: nn::linear(&vs / "down_proj", inner, hidden, bias),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let gate = self.gate_proj.forward(x).silu();
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)))
+    }
+}
+
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn new(vs: nn::Path, config: &ModelConfig) -> Self {
+        let (hidden, eps) = (config.hidden_size as i64, config.rms_norm_eps);
+        Self {
+            input_layernorm: RmsNorm::new(&vs / "input_layernorm", hidden, eps),
+            self_attn: Attention::new(&vs / "self_attn", config),
+            post_attention_layernorm: RmsNorm::new(&vs / "post_attention_layernorm", hidden, eps),
+            mlp: Mlp::new(&vs / "mlp", config),
+        }
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut (Tensor, Tensor)>,
+    ) -> Tensor {
+        let x = x + self
+            .self_attn
+            .forward(&self.input_layernorm.forward(x), cos, sin, mask, cache);
+        let y = self.mlp.forward(&self.post_attention_layernorm.forward(&x));
+        x + y
+    }
+}
+
+/// The causal language model: embeddings, decoder layers, final norm, LM head.
+pub struct Transformer {
+    pub config: ModelConfig,
+    embed_tokens: nn::Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    /// `None` when the head is tied to the input embeddings.
+    lm_head: Option<nn::Linear>,
+    rotary: Rotary,
+}
+
+impl Transformer {
+    /// Creates the variables under `vs` (randomly initialised; load weights after).
+    pub fn new(vs: &nn::Path, config: &ModelConfig) -> Result<Self> {
+        config.validate()?;
+        let model = vs / "model";
+        let (vocab, hidden) = (config.vocab_size as i64, config.hidden_size as i64);
+        let embed_config = nn::EmbeddingConfig {
+            ws_init: nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
+            ..Default::default()
+        };
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| DecoderLayer::new(&model / "layers" / i, config))
+            .collect();
+        let lm_head = (!config.tie_word_embeddings).then(|| {
+            let no_bias = nn::LinearConfig {
+                bias: false,
+                ..Default::default()
+            };
+            nn::linear(vs / "lm_head", hidden, vocab, no_bias)
+        });
+        Ok(Self {
+            embed_tokens: nn::embedding(&model / "embed_tokens", vocab, hidden, embed_config),
+            layers,
+            norm: RmsNorm::new(&model / "norm", hidden, config.rms_norm_eps),
+            lm_head,
+            rotary: Rotary::new(config, vs.device()),
+            config: config.clone(),
+        })
+    }
+
+    /// Final hidden states [batch, seq, hidden] for `input_ids` [batch, seq].
+    ///
+    /// `key_mask` [batch, past + seq] marks real tokens (1) and padding (0) over the
+    /// whole sequence including what the cache already holds; `position_ids`
+    /// [batch, seq] are the positions of the new tokens.
+    pub fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        key_mask: &Tensor,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        self.check_ids(input_ids)?;
+        let (batch, seq) = input_ids.size2()?;
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        if key_mask.size() != [batch, past + seq] {
+            bail!(
+                "attention mask has shape {:?}, expected [{batch}, {}] (cached {past} + new {seq})",
+                key_mask.size(),
+                past + seq
+            );
+        }
+        let mut x = self.embed_tokens.forward(input_ids);
+        let (cos, sin) = self.rotary.cos_sin(position_ids, x.kind());
+        let mask = attention_mask(key_mask, seq, past);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| c.layer_mut(i));
+            x = layer.forward(&x, &cos, &sin, &mask, layer_cache);
+        }
+        if let Some(cache) = cache {
+            cache.advance(seq);
+        }
+        Ok(self.norm.forward(&x))
+    }
+
+    /// Vocabulary logits for hidden states.
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => hidden.matmul(&self.embed_tokens.ws.tr()),
+        }
+    }
+
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        key_mask: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        Ok(self.logits(&self.hidden_states(input_ids, position_ids, key_mask, cache)?))
+    }
+
+    pub fn device(&self) -> tch::Device {
+        self.rotary.inv_freq.device()
+    }
+
+    /// A fresh, empty cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Token ids outside the vocabulary would abort inside libtorch; refuse them here.
+    fn check_ids(&self, input_ids: &Tensor) -> Result<()> {
+        if input_ids.numel() == 0 {
+            bail!("empty input: no token ids");
+        }
+        let (min, max) = (
+            input_ids.min().int64_value(&[]),
+            input_ids.max().int64_value(&[]),
+        );
+        let vocab = self.config.vocab_size as i64;
+        if min < 0 || max >= vocab {
+            let bad = if min < 0 { min } else { max };
+            bail!("token id {bad} is outside the vocabulary (0..{vocab})");
+        }
+        Ok(())
+    }
+}
+
+/// Positions from a left-padded mask: 0 for the first real token of each row; padding
+/// gets position 0 (its output is never used).
+pub fn position_ids_from_mask(key_mask: &Tensor) -> Tensor {
+    (key_mask.cumsum(-1, Kind::Int64) - 1).clamp_min(0)
+}
+
+/// Boolean [batch, 1, queries, keys]: causal, padding keys hidden, and every query
+/// sees itself so that rows of padding never divide by zero in the softmax.
+fn attention_mask(key_mask: &Tensor, queries: i64, past: i64) -> Tensor {
+    let device = key_mask.device();
+    let keys = past + queries;
+    let query_pos = Tensor::arange_start(past, keys, (Kind::Int64, device)).unsqueeze(1);
+    let key_pos = Tensor::arange(keys, (Kind::Int64, device)).unsqueeze(0);
+    let causal = key_pos.le_tensor(&query_pos);
+    let diagonal = key_pos.eq_tensor(&query_pos);
+    let real_keys = key_mask.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1);
+    causal.logical_and(&real_keys).logical_or(&diagonal)
+}

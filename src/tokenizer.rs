@@ -1,0 +1,318 @@
+//! Tokenizers: a model's `tokenizer.json` through HF `tokenizers`, byte-level BPE
+//! training for from-scratch models, and the chat template that renders a
+//! conversation and marks the assistant tokens SFT trains on.
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tokenizers::models::TrainerWrapper;
+use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::{AddedToken, PreTokenizerWrapper};
+
+/// Special tokens of rlvr's own chat format, added to every tokenizer we train.
+pub const END_OF_TEXT: &str = "<|endoftext|>";
+pub const SYSTEM: &str = "<|system|>";
+pub const USER: &str = "<|user|>";
+pub const ASSISTANT: &str = "<|assistant|>";
+pub const END: &str = "<|end|>";
+pub const PAD: &str = "<|pad|>";
+pub const SPECIAL_TOKENS: &[&str] = &[END_OF_TEXT, PAD, SYSTEM, USER, ASSISTANT, END];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+/// Chat formats we can render, picked from the special tokens a tokenizer has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatFormat {
+    /// `<|user|>text<|end|>` (rlvr's from-scratch models).
+    Rlvr,
+    /// `<|im_start|>user\ntext<|im_end|>\n` (Qwen and other ChatML models).
+    ChatMl,
+    /// `<|start_header_id|>user<|end_header_id|>\n\ntext<|eot_id|>` (Llama 3).
+    Llama3,
+}
+
+impl ChatFormat {
+    /// Text before a message's content.
+    fn header(self, role: &str) -> String {
+        match self {
+            Self::Rlvr => format!("<|{role}|>"),
+            Self::ChatMl => format!("<|im_start|>{role}\n"),
+            Self::Llama3 => format!("<|start_header_id|>{role}<|end_header_id|>\n\n"),
+        }
+    }
+
+    /// Text after a message's content; the token that ends an assistant turn comes first.
+    fn footer(self) -> &'static str {
+        match self {
+            Self::Rlvr => END,
+            Self::ChatMl => "<|im_end|>\n",
+            Self::Llama3 => "<|eot_id|>",
+        }
+    }
+
+    /// The special token that ends an assistant turn (a stop token for sampling).
+    pub fn end_token(self) -> &'static str {
+        match self {
+            Self::Rlvr => END,
+            Self::ChatMl => "<|im_end|>",
+            Self::Llama3 => "<|eot_id|>",
+        }
+    }
+}
+
+/// A conversation rendered to ids, with the mask of tokens SFT learns from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedChat {
+    pub ids: Vec<i64>,
+    /// 1 for assistant content and the token that ends the assistant turn.
+    pub assistant_mask: Vec<u8>,
+}
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    pub chat_format: ChatFormat,
+}
+
+impl Tokenizer {
+    pub fn load(path: &Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
+        Self::from_inner(inner).with_context(|| path.display().to_string())
+    }
+
+    fn from_inner(inner: tokenizers::Tokenizer) -> Result<Self> {
+        let has = |token: &str| inner.token_to_id(token).is_some();
+        let chat_format = if has(ASSISTANT) && has(END) {
+            ChatFormat::Rlvr
+        } else if has("<|im_start|>") && has("<|im_end|>") {
+            ChatFormat::ChatMl
+        } else if has("<|start_header_id|>") && has("<|eot_id|>") {
+            ChatFormat::Llama3
+        } else {
+            ChatFormat::Rlvr
+        };
+        Ok(Self { inner, chat_format })
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        self.inner
+            .save(path, false)
+            .map_err(|e| anyhow!("{}: cannot save tokenizer: {e}", path.display()))
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn token_id(&self, token: &str) -> Option<i64> {
+        self.inner.token_to_id(token).map(i64::from)
+    }
+
+    pub fn token_text(&self, id: i64) -> Option<String> {
+        u32::try_from(id)
+            .ok()
+            .and_then(|id| self.inner.id_to_token(id))
+    }
+
+    /// Ids of `text`; special-token strings in it map to their ids.
+    pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| anyhow!("cannot tokenize: {e}"))?;
+        Ok(encoding.get_ids().iter().map(|&id| i64::from(id)).collect())
+    }
+
+    /// Text of `ids`; ids outside the vocabulary are an error, not a panic.
+    pub fn decode(&self, ids: &[i64], skip_special_tokens: bool) -> Result<String> {
+        let vocab = self.vocab_size() as i64;
+        let ids: Vec<u32> = ids
+            .iter()
+            .map(|&id| {
+                if (0..vocab).contains(&id) {
+                    Ok(id as u32)
+                } else {
+                    Err(anyhow!(
+                        "token id {id} is outside the vocabulary (0..{vocab})"
+                    ))
+                }
+            })
+            .collect::<Result<_>>()?;
+        self.inner
+            .decode(&ids, skip_special_tokens)
+            .map_err(|e| anyhow!("cannot decode: {e}"))
+    }
+
+    /// Renders a conversation; with `add_generation_prompt` it ends with the header of
+    /// an assistant turn, ready for sampling.
+    pub fn render_chat(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<RenderedChat> {
+        let mut rendered = RenderedChat {
+            ids: Vec::new(),
+            assistant_mask: Vec::new(),
+        };
+        let mut push = |text: &str, learn: bool| -> Result<()> {
+            let ids = self.encode(text)?;
+            rendered
+                .assistant_mask
+                .extend(std::iter::repeat_n(u8::from(learn), ids.len()));
+            rendered.ids.extend(ids);
+            Ok(())
+        };
+        for (i, message) in messages.iter().enumerate() {
+            if !matches!(message.role.as_str(), "system" | "user" | "assistant") {
+                bail!(
+                    "message {i}: role `{}` is not system, user or assistant",
+                    message.role
+                );
+            }
+            let learn = message.role == "assistant";
+            push(&self.chat_format.header(&message.role), false)?;
+            push(&message.content, learn)?;
+            let footer = self.chat_format.footer();
+            let end = self.chat_format.end_token();
+            push(end, learn)?;
+            push(&footer[end.len()..], false)?;
+        }
+        if add_generation_prompt {
+            push(&self.chat_format.header("assistant"), false)?;
+        }
+        Ok(rendered)
+    }
+
+    /// Trains a byte-level BPE on `texts`. Digits are split one by one (which helps
+    /// small models with arithmetic) and rlvr's chat special tokens are added.
+    pub fn train_bpe<I>(texts: I, vocab_size: usize) -> Result<Self>
+    where
+        I: Iterator<Item = String> + Send,
+    {
+        if vocab_size < 256 + SPECIAL_TOKENS.len() {
+            bail!(
+                "vocab_size {vocab_size} is too small for byte-level BPE (at least {})",
+                256 + SPECIAL_TOKENS.len()
+            );
+        }
+        let specials: Vec<AddedToken> = SPECIAL_TOKENS
+            .iter()
+            .map(|t| AddedToken::from(*t, true))
+            .collect();
+        let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
+            .vocab_size(vocab_size)
+            .min_frequency(2)
+            .show_progress(false)
+            .special_tokens(specials.clone())
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build()
+            .into();
+        let mut inner = tokenizers::Tokenizer::new(BPE::default());
+        let byte_level = ByteLevel::new(false, true, true);
+        inner.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(Sequence::new(vec![
+            PreTokenizerWrapper::Digits(Digits::new(true)),
+            PreTokenizerWrapper::ByteLevel(byte_level),
+        ]))));
+        inner.with_decoder(Some(byte_level));
+        inner
+            .train(&mut trainer, texts)
+            .map_err(|e| anyhow!("BPE training failed: {e}"))?;
+        inner
+            .add_special_tokens(specials)
+            .map_err(|e| anyhow!("cannot add special tokens: {e}"))?;
+        Self::from_inner(inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> Tokenizer {
+        let corpus =
+            (0..200).map(|i| format!("What is {i} plus {}? The answer is {}.", i * 7, i * 8));
+        Tokenizer::train_bpe(corpus, 300).unwrap()
+    }
+
+    #[test]
+    fn bpe_round_trips_text_and_splits_digits() {
+        let tokenizer = tiny();
+        let text = "What is 123 plus 45? The answer is 168. ünïcode ✓";
+        let ids = tokenizer.encode(text).unwrap();
+        assert_eq!(tokenizer.decode(&ids, false).unwrap(), text);
+        let pieces: Vec<String> = tokenizer
+            .encode("123")
+            .unwrap()
+            .iter()
+            .map(|&i| tokenizer.token_text(i).unwrap())
+            .collect();
+        assert_eq!(pieces, ["1", "2", "3"]);
+        assert!(
+            tokenizer
+                .decode(&[tokenizer.vocab_size() as i64], false)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn chat_template_masks_assistant_content_and_end_token() {
+        let tokenizer = tiny();
+        let messages = [
+            Message {
+                role: "user".into(),
+                content: "What is 2 plus 2?".into(),
+            },
+            Message {
+                role: "assistant".into(),
+                content: "The answer is 4.".into(),
+            },
+        ];
+        let chat = tokenizer.render_chat(&messages, false).unwrap();
+        assert_eq!(chat.ids.len(), chat.assistant_mask.len());
+        let learned: Vec<i64> = chat
+            .ids
+            .iter()
+            .zip(&chat.assistant_mask)
+            .filter(|(_, m)| **m == 1)
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(
+            tokenizer.decode(&learned, false).unwrap(),
+            "The answer is 4.<|end|>"
+        );
+        let all = tokenizer.decode(&chat.ids, false).unwrap();
+        assert_eq!(
+            all,
+            "<|user|>What is 2 plus 2?<|end|><|assistant|>The answer is 4.<|end|>"
+        );
+        // Rendering piecewise equals tokenizing the whole text at once.
+        assert_eq!(tokenizer.encode(&all).unwrap(), chat.ids);
+
+        let prompt = tokenizer.render_chat(&messages[..1], true).unwrap();
+        assert!(
+            tokenizer
+                .decode(&prompt.ids, false)
+                .unwrap()
+                .ends_with("<|assistant|>")
+        );
+        assert!(prompt.assistant_mask.iter().all(|&m| m == 0));
+        let bad = [Message {
+            role: "tool".into(),
+            content: "x".into(),
+        }];
+        assert!(
+            tokenizer
+                .render_chat(&bad, false)
+                .unwrap_err()
+                .to_string()
+                .contains("message 0")
+        );
+    }
+}

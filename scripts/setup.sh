@@ -50,7 +50,16 @@ if [ ! -f "$TORCH_DIR/torch/lib/libtorch_cpu.so" ]; then
 fi
 grep -q "__version__ = '$TORCH_VERSION" "$TORCH_DIR/torch/version.py" \
     || die "$TORCH_DIR holds a torch other than $TORCH_VERSION; remove it and rerun"
-ln -sfn "$TORCH_DIR/torch" "$ROOT/.libtorch"
+# Plain `cargo build` / `cargo test` find libtorch through this generated (untracked)
+# cargo config. The path is absolute and the same for every clone, so torch-sys, whose
+# build script reruns when LIBTORCH changes, is not rebuilt for each fresh clone.
+mkdir -p "$ROOT/.cargo"
+CARGO_CONFIG="# Written by scripts/setup.sh; do not edit.
+[env]
+LIBTORCH = \"$TORCH_DIR/torch\""
+if [ "$(cat "$ROOT/.cargo/config.toml" 2>/dev/null)" != "$CARGO_CONFIG" ]; then
+    printf '%s\n' "$CARGO_CONFIG" > "$ROOT/.cargo/config.toml"
+fi
 say "libtorch $TORCH_VERSION ($DEVICE): $TORCH_DIR"
 
 # --- WASI Python modules for the sandbox ---------------------------------------------

@@ -1,6 +1,6 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Both run setup
 # first (idempotent; everything it downloads is cached in ~/.cache/rlvr).
-.PHONY: setup build demo test lint fmt
+.PHONY: setup build demo test lint fmt bench
 
 setup:
 	@bash scripts/setup.sh
@@ -21,3 +21,9 @@ lint: setup
 
 fmt:
 	cargo fmt
+
+# Benchmarks print ratios against a baseline run in the same invocation; run them on a
+# quiet machine (a busy second process slows libtorch 10-50x on 2 cores).
+bench: setup
+	@bash scripts/python-env.sh >/dev/null || echo "[bench] no Python with transformers: its baseline will be skipped"
+	cargo run --quiet -- bench sample

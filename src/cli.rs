@@ -64,6 +64,11 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Benchmarks that print ratios against a baseline measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        kind: BenchKind,
+    },
     /// Sample completions of a prompt from a model folder.
     Sample {
         #[arg(long)]
@@ -94,12 +99,46 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum BenchKind {
+    /// Sampling tokens/s: KV cache vs no cache vs transformers' generate().
+    Sample {
+        #[arg(long, default_value_t = 64)]
+        rows: usize,
+        #[arg(long, default_value_t = 16)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 32)]
+        new_tokens: usize,
+        /// libtorch (and torch) threads for both sides.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+    },
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Check { files, quiet } => check(&files, quiet),
         Command::Env => print_env(),
         Command::Demo { fresh } => crate::demo::run(fresh),
+        Command::Bench {
+            kind:
+                BenchKind::Sample {
+                    rows,
+                    prompt_tokens,
+                    new_tokens,
+                    threads,
+                    repeats,
+                },
+        } => crate::bench::sample(&crate::bench::SampleBench {
+            rows,
+            prompt_tokens,
+            new_tokens,
+            threads,
+            repeats,
+        }),
         Command::Tokenize { tokenizer, text } => inspect::tokenize(&tokenizer, &text),
         Command::Logprobs {
             model,

@@ -3,6 +3,7 @@
 //! Data flows one way (see docs/ARCHITECTURE.md): run config and task →
 //! prompts → sampler → rewards → advantages → loss → optimizer → run directory.
 
+pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod config;

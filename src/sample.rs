@@ -8,6 +8,8 @@
 
 use crate::model::{Transformer, position_ids_from_mask};
 use anyhow::{Result, bail};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tch::{Device, Kind, Tensor};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -68,7 +70,6 @@ pub fn generate(
 ) -> Result<Vec<Completion>> {
     validate(prompts, params, decoder.is_some())?;
     let device = model.device();
-    tch::manual_seed(params.seed as i64);
     tch::no_grad(|| decode(model, prompts, params, decoder, device))
 }
 
@@ -135,9 +136,12 @@ fn decode(
     // `active[j]` is the prompt index of batch row j.
     let mut active: Vec<usize> = (0..prompts.len()).collect();
     let mut next_position = positions.select(1, -1) + 1;
+    // Our own seeded generator rather than libtorch's global one, so that a seed gives
+    // the same completions whatever else runs in the process.
+    let mut rng = StdRng::seed_from_u64(params.seed);
 
     for step in 0..params.max_new_tokens {
-        let (tokens, logprobs) = pick_tokens(&logits.to_kind(Kind::Float), params);
+        let (tokens, logprobs) = pick_tokens(&logits.to_kind(Kind::Float), params, &mut rng);
         let tokens_vec: Vec<i64> = Vec::try_from(&tokens)?;
         let logprobs_vec: Vec<f32> = Vec::try_from(&logprobs)?;
         let mut keep = Vec::with_capacity(active.len());
@@ -198,7 +202,7 @@ fn stops(completion: &Completion, params: &SamplingParams, decoder: Option<Decod
 
 /// Samples (or, at temperature 0, takes the argmax of) one token per row of `logits`
 /// [rows, vocab]; returns the tokens and their log-probs.
-fn pick_tokens(logits: &Tensor, params: &SamplingParams) -> (Tensor, Tensor) {
+fn pick_tokens(logits: &Tensor, params: &SamplingParams, rng: &mut StdRng) -> (Tensor, Tensor) {
     if params.temperature == 0.0 {
         let tokens = logits.argmax(-1, false);
         let logprobs = logits
@@ -210,14 +214,28 @@ fn pick_tokens(logits: &Tensor, params: &SamplingParams) -> (Tensor, Tensor) {
     let scaled = logits / params.temperature;
     let logprobs_all = scaled.log_softmax(-1, Kind::Float);
     let filtered = filter_top_k_top_p(&scaled, params.top_k, params.top_p);
-    let tokens = filtered
-        .softmax(-1, Kind::Float)
-        .multinomial(1, false)
-        .squeeze_dim(1);
+    let tokens = draw(&filtered.softmax(-1, Kind::Double), rng);
     let logprobs = logprobs_all
         .gather(1, &tokens.unsqueeze(1), false)
         .squeeze_dim(1);
     (tokens, logprobs)
+}
+
+/// Inverse-CDF sampling of one token per row of `probs` [rows, vocab]: the first
+/// token whose cumulative probability exceeds a uniform draw scaled by the row's total
+/// (so rounding can never select a token of probability zero).
+fn draw(probs: &Tensor, rng: &mut StdRng) -> Tensor {
+    let rows = probs.size()[0];
+    let uniforms: Vec<f64> = (0..rows).map(|_| rng.random::<f64>()).collect();
+    let cumulative = probs.cumsum(-1, Kind::Double);
+    let total = cumulative.narrow(1, cumulative.size()[1] - 1, 1);
+    let targets = Tensor::from_slice(&uniforms)
+        .to_device(probs.device())
+        .unsqueeze(1)
+        * total;
+    cumulative
+        .le_tensor(&targets)
+        .sum_dim_intlist(1, false, Kind::Int64)
 }
 
 /// Sets to -inf every logit outside the top k and outside the smallest set whose
@@ -245,6 +263,21 @@ fn filter_top_k_top_p(logits: &Tensor, top_k: usize, top_p: f64) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn draws_follow_the_distribution_and_skip_zero_probability() {
+        let probs = Tensor::from_slice(&[0.0f64, 0.25, 0.0, 0.75, 0.0])
+            .unsqueeze(0)
+            .repeat([4000, 1]);
+        let mut rng = StdRng::seed_from_u64(0);
+        let tokens = Vec::<i64>::try_from(draw(&probs, &mut rng)).unwrap();
+        assert!(
+            tokens.iter().all(|&t| t == 1 || t == 3),
+            "drew a zero-probability token"
+        );
+        let share = tokens.iter().filter(|&&t| t == 3).count() as f64 / tokens.len() as f64;
+        assert!((share - 0.75).abs() < 0.03, "share of token 3: {share}");
+    }
 
     #[test]
     fn top_k_keeps_the_k_largest() {

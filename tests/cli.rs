@@ -22,7 +22,9 @@ fn rlvr(args: &[&str]) -> (bool, String, String) {
 fn help_lists_the_working_commands() {
     let (ok, stdout, _) = rlvr(&["--help"]);
     assert!(ok);
-    for command in ["check", "env", "demo"] {
+    for command in [
+        "check", "env", "demo", "tokenize", "logprobs", "sample", "bench",
+    ] {
         assert!(
             stdout.contains(command),
             "--help lacks `{command}`:\n{stdout}"
@@ -67,4 +69,144 @@ fn check_accepts_shipped_files_and_rejects_a_typo() {
     assert!(stderr.contains("bad.yaml:4:"), "{stderr}");
     assert!(stderr.contains("did you mean `dtype`?"), "{stderr}");
     assert!(stderr.contains("1 of 1 file(s) failed"), "{stderr}");
+}
+
+/// A tiny model folder with a trained tokenizer, as a from-scratch run would write.
+fn tiny_model_dir() -> tempfile::TempDir {
+    use rlvr::config::run::Dtype;
+    use rlvr::model::{Model, ModelConfig};
+    use rlvr::tokenizer::Tokenizer;
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = (0..300).map(|i| format!("What is {i} + {}? #### {}", i * 3, i * 4));
+    let tokenizer = Tokenizer::train_bpe(corpus, 300).unwrap();
+    let tokenizer_path = dir.path().join("tokenizer.json");
+    tokenizer.save(&tokenizer_path).unwrap();
+    tch::manual_seed(0);
+    let config = ModelConfig::tiny_qwen2(tokenizer.vocab_size(), 32, 2, 4);
+    let model = Model::random(&config, tch::Device::Cpu, Dtype::F32).unwrap();
+    model
+        .save(&dir.path().join("model"), Some(&tokenizer_path))
+        .unwrap();
+    dir
+}
+
+#[test]
+fn tokenize_shows_pieces_and_ids() {
+    let dir = tiny_model_dir();
+    let model = dir.path().join("model");
+    let (ok, stdout, stderr) = rlvr(&[
+        "tokenize",
+        "--tokenizer",
+        model.to_str().unwrap(),
+        "What is 12?",
+    ]);
+    assert!(ok, "{stderr}");
+    // Not a terminal: pieces in brackets, digits split one by one.
+    assert!(stdout.contains("[1][2]"), "{stdout}");
+    assert!(
+        stdout.lines().nth(1).unwrap().starts_with("6 tokens: ["),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn logprobs_json_matches_the_model() {
+    let dir = tiny_model_dir();
+    let model_dir = dir.path().join("model");
+    let (ok, stdout, stderr) = rlvr(&[
+        "logprobs",
+        "--model",
+        model_dir.to_str().unwrap(),
+        "--ids",
+        "5,17,33,2",
+        "--json",
+        "--logits",
+    ]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let tokens = report["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 4);
+    assert!(
+        tokens[0]["logprob"].is_null(),
+        "the first token has no context"
+    );
+    // Recompute token 1's log-prob from the printed logits of position 0.
+    let logits: Vec<f64> = serde_json::from_value(tokens[0]["logits"].clone()).unwrap();
+    let max = logits.iter().cloned().fold(f64::MIN, f64::max);
+    let log_z = max + logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
+    let want = logits[17] - log_z;
+    let got = tokens[1]["logprob"].as_f64().unwrap();
+    assert!((want - got).abs() < 1e-4, "{want} vs {got}");
+    let sum: f64 = tokens.iter().filter_map(|t| t["logprob"].as_f64()).sum();
+    assert!((sum - report["sum_logprob"].as_f64().unwrap()).abs() < 1e-9);
+
+    let (ok, _, stderr) = rlvr(&[
+        "logprobs",
+        "--model",
+        model_dir.to_str().unwrap(),
+        "--ids",
+        "5,999",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("token id 999 is outside the vocabulary"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = rlvr(&[
+        "logprobs",
+        "--model",
+        dir.path().join("nope").to_str().unwrap(),
+        "--ids",
+        "1",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("nope: not a model folder"), "{stderr}");
+}
+
+#[test]
+fn sample_prints_n_completions_reproducibly() {
+    let dir = tiny_model_dir();
+    let model_dir = dir.path().join("model");
+    let args = [
+        "sample",
+        "--model",
+        model_dir.to_str().unwrap(),
+        "--prompt",
+        "What is 3 + 4?",
+        "--chat",
+        "-n",
+        "3",
+        "--max-new-tokens",
+        "5",
+        "--seed",
+        "11",
+    ];
+    let (ok, first, stderr) = rlvr(&args);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        first.matches("--- ").count(),
+        4,
+        "3 completions and a summary:\n{first}"
+    );
+    let (_, second, _) = rlvr(&args);
+    let strip_timing = |s: &str| {
+        s.lines()
+            .filter(|l| !l.contains("tokens/s"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        strip_timing(&first),
+        strip_timing(&second),
+        "same seed, same completions"
+    );
+    let (ok, _, stderr) = rlvr(&[
+        "sample",
+        "--model",
+        model_dir.to_str().unwrap(),
+        "--prompt",
+        "",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("--prompt is empty"), "{stderr}");
 }

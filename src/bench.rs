@@ -1,0 +1,181 @@
+//! `rlvr bench sample`: sampling throughput with the KV cache against a no-cache
+//! baseline and, when a Python with transformers is available, against HF
+//! `generate()` on the same model and batch, all in one invocation. Libtorch is very
+//! sensitive to other busy processes on a 2-core machine: run it on a quiet machine.
+
+use crate::config::run::Dtype;
+use crate::model::{Model, ModelConfig, position_ids_from_mask};
+use crate::sample::{self, SamplingParams};
+use anyhow::{Context, Result, bail};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+pub struct SampleBench {
+    pub rows: usize,
+    pub prompt_tokens: usize,
+    pub new_tokens: usize,
+    pub threads: usize,
+    pub repeats: usize,
+}
+
+/// The ~1M-parameter Qwen2 the benchmark samples from.
+fn bench_model_config() -> ModelConfig {
+    let mut config = ModelConfig::tiny_qwen2(512, 128, 4, 4);
+    config.intermediate_size = 384;
+    config
+}
+
+pub fn sample(bench: &SampleBench) -> Result<()> {
+    tch::set_num_threads(bench.threads as i32);
+    tch::manual_seed(0);
+    let model = Model::random(&bench_model_config(), Device::Cpu, Dtype::F32)?;
+    let parameters: i64 = model
+        .vs
+        .trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum();
+    let prompts: Vec<Vec<i64>> = (0..bench.rows)
+        .map(|r| {
+            (0..bench.prompt_tokens)
+                .map(|t| ((r * 31 + t * 7) % 500 + 3) as i64)
+                .collect()
+        })
+        .collect();
+    let params = SamplingParams {
+        max_new_tokens: bench.new_tokens,
+        temperature: 1.0,
+        ..SamplingParams::default()
+    };
+    let generated = (bench.rows * bench.new_tokens) as f64;
+    println!(
+        "sampling benchmark: Qwen2 {parameters} parameters, {} rows × {} new tokens after {}-token prompts, {} libtorch thread(s), best of {}",
+        bench.rows, bench.new_tokens, bench.prompt_tokens, bench.threads, bench.repeats
+    );
+
+    let cached = best_of(bench.repeats, || {
+        sample::generate(&model.transformer, &prompts, &params, None).map(|_| ())
+    })?;
+    let uncached = best_of(bench.repeats, || {
+        no_cache_generate(&model, &prompts, &params)
+    })?;
+    let ours = generated / cached;
+    println!(
+        "  rlvr, KV cache      {:>9.0} tokens/s  ({cached:.3} s)",
+        ours
+    );
+    println!(
+        "  rlvr, no cache      {:>9.0} tokens/s  ({uncached:.3} s)   cache speed-up ×{:.2}",
+        generated / uncached,
+        uncached / cached
+    );
+
+    match hf_generate(&model, bench) {
+        Ok(seconds) => println!(
+            "  transformers        {:>9.0} tokens/s  ({seconds:.3} s)   rlvr / transformers ×{:.2}",
+            generated / seconds,
+            seconds / cached
+        ),
+        Err(reason) => println!("  transformers        skipped: {reason:#}"),
+    }
+    Ok(())
+}
+
+fn best_of(repeats: usize, mut run: impl FnMut() -> Result<()>) -> Result<f64> {
+    run()?; // warm-up
+    let mut best = f64::INFINITY;
+    for _ in 0..repeats.max(1) {
+        let started = Instant::now();
+        run()?;
+        best = best.min(started.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+/// The baseline: every step runs the whole sequence through the model again.
+fn no_cache_generate(model: &Model, prompts: &[Vec<i64>], params: &SamplingParams) -> Result<()> {
+    tch::no_grad(|| {
+        let flat: Vec<i64> = prompts.iter().flatten().copied().collect();
+        let mut ids = Tensor::from_slice(&flat).reshape([prompts.len() as i64, -1]);
+        for _ in 0..params.max_new_tokens {
+            let mask = ids.ones_like();
+            let logits =
+                model
+                    .transformer
+                    .forward(&ids, &position_ids_from_mask(&mask), &mask, None)?;
+            let last = logits.select(1, -1).to_kind(Kind::Float) / params.temperature;
+            let next = last.softmax(-1, Kind::Float).multinomial(1, false);
+            ids = Tensor::cat(&[&ids, &next], 1);
+        }
+        Ok(())
+    })
+}
+
+const HF_GENERATE: &str = r#"
+import json, sys, time, torch
+from transformers import AutoModelForCausalLM
+model_dir, rows, prompt_tokens, new_tokens, threads, repeats = sys.argv[1], *map(int, sys.argv[2:])
+torch.set_num_threads(threads)
+torch.manual_seed(0)
+model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+ids = torch.tensor([[(r * 31 + t * 7) % 500 + 3 for t in range(prompt_tokens)] for r in range(rows)])
+def run():
+    with torch.no_grad():
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                       max_new_tokens=new_tokens, min_new_tokens=new_tokens, top_k=0,
+                       pad_token_id=0, eos_token_id=None)
+run()
+best = float("inf")
+for _ in range(max(repeats, 1)):
+    start = time.perf_counter(); run(); best = min(best, time.perf_counter() - start)
+print(json.dumps({"seconds": best}))
+"#;
+
+/// Times HF `generate()` on the same weights, through the venv of
+/// `scripts/python-env.sh`.
+fn hf_generate(model: &Model, bench: &SampleBench) -> Result<f64> {
+    let python = crate::cache::cache_dir().join("pyenv/bin/python");
+    if !python.exists() {
+        bail!("no {} (run scripts/python-env.sh)", python.display());
+    }
+    let dir = tempfile_dir()?;
+    model.save(&dir.join("model"), None)?;
+    let output = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(HF_GENERATE)
+        .arg(dir.join("model"))
+        .args(
+            [
+                bench.rows,
+                bench.prompt_tokens,
+                bench.new_tokens,
+                bench.threads,
+                bench.repeats,
+            ]
+            .map(|n| n.to_string()),
+        )
+        .output()
+        .context("cannot run the transformers script")?;
+    let _ = std::fs::remove_dir_all(&dir);
+    if !output.status.success() {
+        bail!(
+            "transformers failed: {}",
+            tail(&String::from_utf8_lossy(&output.stderr))
+        );
+    }
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    result["seconds"]
+        .as_f64()
+        .context("transformers script printed no time")
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("rlvr-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(3)..].join(" | ")
+}

@@ -1,0 +1,171 @@
+//! The batched sampler on a tiny random model: batching and left padding do not change
+//! greedy output, stop tokens and strings end rows, log-probs are those of the
+//! temperature-scaled distribution, and a seed reproduces a run.
+
+use rlvr::config::run::Dtype;
+use rlvr::model::{Model, ModelConfig, position_ids_from_mask};
+use rlvr::sample::{FinishReason, SamplingParams, generate};
+use tch::{Device, Kind, Tensor};
+
+fn tiny() -> Model {
+    tch::manual_seed(3);
+    let config = ModelConfig::tiny_qwen2(40, 32, 2, 4);
+    let model = Model::random(&config, Device::Cpu, Dtype::F32).unwrap();
+    // Sharpen the random model so that greedy choices are far from ties.
+    tch::no_grad(|| {
+        for (_, mut v) in model.vs.variables() {
+            let scaled = &v * 8.0;
+            v.copy_(&scaled);
+        }
+    });
+    model
+}
+
+fn greedy(max_new_tokens: usize) -> SamplingParams {
+    SamplingParams {
+        max_new_tokens,
+        temperature: 0.0,
+        ..SamplingParams::default()
+    }
+}
+
+#[test]
+fn batching_and_padding_do_not_change_greedy_output() {
+    let model = tiny();
+    let prompts = vec![vec![1, 2, 3, 4, 5, 6], vec![7, 8], vec![9, 10, 11]];
+    let batched = generate(&model.transformer, &prompts, &greedy(8), None).unwrap();
+    for (prompt, together) in prompts.iter().zip(&batched) {
+        let alone = generate(
+            &model.transformer,
+            std::slice::from_ref(prompt),
+            &greedy(8),
+            None,
+        )
+        .unwrap();
+        assert_eq!(alone[0].token_ids, together.token_ids, "prompt {prompt:?}");
+        assert_eq!(together.token_ids.len(), 8);
+        assert_eq!(together.finish_reason, FinishReason::Length);
+    }
+}
+
+#[test]
+fn stop_tokens_end_rows_and_finished_rows_leave_the_batch() {
+    let model = tiny();
+    let prompts = vec![vec![1, 2, 3], vec![7, 8, 9, 10]];
+    let free = generate(&model.transformer, &prompts, &greedy(8), None).unwrap();
+    // Stop row 0 at its third token; row 1 must be unaffected (unless it emits it too).
+    let stop = free[0].token_ids[2];
+    let params = SamplingParams {
+        stop_token_ids: vec![stop],
+        ..greedy(8)
+    };
+    let stopped = generate(&model.transformer, &prompts, &params, None).unwrap();
+    let first_stop = free[0].token_ids.iter().position(|&t| t == stop).unwrap();
+    assert_eq!(stopped[0].token_ids, free[0].token_ids[..=first_stop]);
+    assert_eq!(stopped[0].finish_reason, FinishReason::Stop);
+    let row1_cut = free[1]
+        .token_ids
+        .iter()
+        .position(|&t| t == stop)
+        .map_or(8, |p| p + 1);
+    assert_eq!(stopped[1].token_ids, free[1].token_ids[..row1_cut]);
+}
+
+#[test]
+fn stop_strings_use_the_decoder() {
+    let model = tiny();
+    let prompts = vec![vec![1, 2, 3]];
+    let free = generate(&model.transformer, &prompts, &greedy(6), None).unwrap();
+    let decode = |ids: &[i64]| ids.iter().map(|i| format!("<{i}>")).collect::<String>();
+    let target = format!("<{}>", free[0].token_ids[1]);
+    let params = SamplingParams {
+        stop_strings: vec![target.clone()],
+        ..greedy(6)
+    };
+    let stopped = generate(&model.transformer, &prompts, &params, Some(&decode)).unwrap();
+    assert!(decode(&stopped[0].token_ids).ends_with(&target));
+    assert_eq!(stopped[0].finish_reason, FinishReason::Stop);
+    // Stop strings without a decoder are a clear error.
+    assert!(generate(&model.transformer, &prompts, &params, None).is_err());
+}
+
+#[test]
+fn logprobs_are_those_of_the_temperature_scaled_distribution() {
+    let model = tiny();
+    let prompt = vec![4i64, 5, 6];
+    let params = SamplingParams {
+        max_new_tokens: 6,
+        temperature: 0.7,
+        top_k: 5,
+        seed: 9,
+        ..SamplingParams::default()
+    };
+    let completion = &generate(
+        &model.transformer,
+        std::slice::from_ref(&prompt),
+        &params,
+        None,
+    )
+    .unwrap()[0];
+    let all: Vec<i64> = prompt
+        .iter()
+        .chain(&completion.token_ids)
+        .copied()
+        .collect();
+    let ids = Tensor::from_slice(&all).unsqueeze(0);
+    let mask = ids.ones_like();
+    let logits = tch::no_grad(|| {
+        model
+            .transformer
+            .forward(&ids, &position_ids_from_mask(&mask), &mask, None)
+            .unwrap()
+    });
+    let logprobs = (logits / 0.7).log_softmax(-1, Kind::Float).squeeze_dim(0);
+    for (i, (&token, &got)) in completion
+        .token_ids
+        .iter()
+        .zip(&completion.logprobs)
+        .enumerate()
+    {
+        let want = logprobs.double_value(&[(prompt.len() + i - 1) as i64, token]);
+        assert!(
+            (want - got as f64).abs() < 1e-4,
+            "token {i}: {want} vs {got}"
+        );
+    }
+}
+
+#[test]
+fn seeds_reproduce_and_differ() {
+    let model = tiny();
+    let prompts = vec![vec![1, 2, 3]; 4];
+    let run = |seed| {
+        let params = SamplingParams {
+            max_new_tokens: 10,
+            seed,
+            ..SamplingParams::default()
+        };
+        generate(&model.transformer, &prompts, &params, None)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.token_ids)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run(1), run(1));
+    assert_ne!(run(1), run(2));
+}
+
+#[test]
+fn bad_arguments_are_errors() {
+    let model = tiny();
+    let params = SamplingParams::default();
+    let error = generate(&model.transformer, &[vec![1], vec![]], &params, None).unwrap_err();
+    assert!(error.to_string().contains("prompt 1 is empty"), "{error}");
+    let error = generate(&model.transformer, &[vec![1, 99]], &params, None).unwrap_err();
+    assert!(error.to_string().contains("token id 99"), "{error}");
+    let bad_top_p = SamplingParams {
+        top_p: 0.0,
+        ..SamplingParams::default()
+    };
+    assert!(generate(&model.transformer, &[vec![1]], &bad_top_p, None).is_err());
+}

@@ -11,5 +11,6 @@ pub mod data;
 pub mod demo;
 pub mod inspect;
 pub mod model;
+pub mod reward;
 pub mod sample;
 pub mod tokenizer;

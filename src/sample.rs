@@ -6,7 +6,7 @@
 //! compute. Log-probs are those of the sampling distribution: logits divided by the
 //! temperature, before top-k / top-p filtering, as TRL computes them for the loss.
 
-use crate::model::{Transformer, position_ids_from_mask};
+use crate::model::{KvCache, Transformer, position_ids_from_mask};
 use anyhow::{Result, bail};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -129,7 +129,11 @@ fn decode(
     }
     let (ids, mut key_mask) = left_pad(prompts, device);
     let mut positions = position_ids_from_mask(&key_mask);
-    let mut cache = model.new_cache();
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut cache = KvCache::with_capacity(
+        model.config.num_hidden_layers,
+        width + params.max_new_tokens,
+    );
     let mut logits = model
         .forward(&ids, &positions, &key_mask, Some(&mut cache))?
         .select(1, -1);

@@ -181,3 +181,39 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+#[test]
+fn reward_keys_must_belong_to_their_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = |rewards: &str| {
+        let text = format!(
+            "name: t\nsource:\n  generator: arithmetic\nprompt: x\nanswer_field: answer\nrewards:\n{rewards}"
+        );
+        TaskConfig::load(&write(dir.path(), "task.yaml", &text))
+    };
+    let error = task("  - kind: math\n    pattern: 'x'\n").unwrap_err();
+    assert_eq!(error.key_path, "rewards[0]");
+    assert!(
+        error
+            .message
+            .contains("`pattern` does not apply to kind `math`"),
+        "{}",
+        error.message
+    );
+    let error = task("  - kind: regex\n").unwrap_err();
+    assert!(
+        error.message.contains("needs a `pattern`"),
+        "{}",
+        error.message
+    );
+    let error = task("  - kind: overlong\n    max_length: 10\n    cache_length: 10\n").unwrap_err();
+    assert!(
+        error.message.contains("smaller than `max_length`"),
+        "{}",
+        error.message
+    );
+    let error = task("  - kind: code\n    runtime: pypy\n").unwrap_err();
+    assert_eq!(error.key_path, "rewards[0].runtime");
+    let ok = task("  - kind: code\n    runtime: micropython\n    scoring: fraction\n    fuel: 1000000\n  - kind: math\n    tolerance: 0.01\n").unwrap();
+    assert_eq!(ok.rewards.len(), 2);
+}

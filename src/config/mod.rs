@@ -4,7 +4,7 @@
 //! and the line/column, plus the nearest known key when a key looks misspelt. The
 //! schemas themselves live in `run.rs` (run configs) and `task.rs` (task files).
 
-mod checks;
+pub(crate) mod checks;
 pub mod run;
 pub mod task;
 

@@ -52,8 +52,11 @@ pub enum RewardKind {
     Code,
     Script,
     RewardModel,
+    /// DAPO's soft overlong punishment, a length-shaping penalty.
+    Overlong,
 }
 
+/// One weighted reward function. Keys that belong to another kind are rejected.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RewardSpec {
@@ -63,6 +66,140 @@ pub struct RewardSpec {
     pub name: Option<String>,
     #[serde(default = "one", deserialize_with = "non_negative_f64")]
     pub weight: f64,
+    /// math, exact: the record field with the reference (default: the task's answer_field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_field: Option<String>,
+    /// math: relative tolerance for numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerance: Option<f64>,
+    /// math: fall back to the last number when no answer marker is found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_number_fallback: Option<bool>,
+    /// regex: the pattern the completion must match; format: overrides the default
+    /// `<think>…</think>` then answer pattern.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// code: record field holding the tests (a string or a list of strings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests_field: Option<String>,
+    /// code: record field naming the function the tests call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry_point_field: Option<String>,
+    /// code: record field with code run before the tests (e.g. imports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prelude_field: Option<String>,
+    /// code, script: cpython (default) or micropython.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<crate::reward::sandbox::Runtime>,
+    /// code: all_pass (default) or fraction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scoring: Option<crate::reward::code::CodeScoring>,
+    /// code, script: sandbox limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<f64>,
+    /// script: a Python file, relative to the task file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<PathBuf>,
+    /// overlong: the completion length budget in tokens (DAPO's L_max).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<usize>,
+    /// overlong: the soft zone before max_length (DAPO's L_cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_length: Option<usize>,
+}
+
+impl RewardSpec {
+    pub fn display_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            serde_yaml::to_string(&self.kind)
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
+    }
+
+    /// The optional keys that are set, by name.
+    fn keys_set(&self) -> Vec<&'static str> {
+        let set = [
+            ("answer_field", self.answer_field.is_some()),
+            ("tolerance", self.tolerance.is_some()),
+            ("last_number_fallback", self.last_number_fallback.is_some()),
+            ("pattern", self.pattern.is_some()),
+            ("tests_field", self.tests_field.is_some()),
+            ("entry_point_field", self.entry_point_field.is_some()),
+            ("prelude_field", self.prelude_field.is_some()),
+            ("runtime", self.runtime.is_some()),
+            ("scoring", self.scoring.is_some()),
+            ("fuel", self.fuel.is_some()),
+            ("memory_mb", self.memory_mb.is_some()),
+            ("timeout_s", self.timeout_s.is_some()),
+            ("script", self.script.is_some()),
+            ("max_length", self.max_length.is_some()),
+            ("cache_length", self.cache_length.is_some()),
+        ];
+        set.into_iter()
+            .filter(|(_, on)| *on)
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    fn allowed_keys(&self) -> &'static [&'static str] {
+        const SANDBOX: [&str; 4] = ["runtime", "fuel", "memory_mb", "timeout_s"];
+        match self.kind {
+            RewardKind::Math => &["answer_field", "tolerance", "last_number_fallback"],
+            RewardKind::Exact => &["answer_field"],
+            RewardKind::Format => &["pattern"],
+            RewardKind::Regex => &["pattern"],
+            RewardKind::Code => &[
+                "tests_field",
+                "entry_point_field",
+                "prelude_field",
+                "scoring",
+                SANDBOX[0],
+                SANDBOX[1],
+                SANDBOX[2],
+                SANDBOX[3],
+            ],
+            RewardKind::Script => &["script", SANDBOX[0], SANDBOX[1], SANDBOX[2], SANDBOX[3]],
+            RewardKind::RewardModel => &[],
+            RewardKind::Overlong => &["max_length", "cache_length"],
+        }
+    }
+
+    /// Rejects keys of another kind and missing required keys.
+    fn validate(&self) -> Result<(), String> {
+        let allowed = self.allowed_keys();
+        if let Some(stray) = self.keys_set().into_iter().find(|k| !allowed.contains(k)) {
+            return Err(format!(
+                "`{stray}` does not apply to kind `{}` (its keys: {})",
+                self.display_name(),
+                if allowed.is_empty() {
+                    "none".to_string()
+                } else {
+                    allowed.join(", ")
+                }
+            ));
+        }
+        match self.kind {
+            RewardKind::Regex if self.pattern.is_none() => {
+                Err("kind `regex` needs a `pattern`".into())
+            }
+            RewardKind::Script if self.script.is_none() => {
+                Err("kind `script` needs a `script` file".into())
+            }
+            RewardKind::Overlong if self.max_length.is_none() || self.cache_length.is_none() => {
+                Err("kind `overlong` needs `max_length` and `cache_length`".into())
+            }
+            RewardKind::Overlong if self.cache_length >= self.max_length => {
+                Err("`cache_length` must be smaller than `max_length`".into())
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 fn one() -> f64 {
@@ -101,6 +238,18 @@ impl TaskConfig {
         }
         if self.rewards.is_empty() {
             return Err(fail("rewards", "a task needs at least one reward function"));
+        }
+        for (i, reward) in self.rewards.iter().enumerate() {
+            reward
+                .validate()
+                .map_err(|message| fail(&format!("rewards[{i}]"), &message))?;
+            let needs_answer = matches!(reward.kind, RewardKind::Math | RewardKind::Exact);
+            if needs_answer && reward.answer_field.is_none() && self.answer_field.is_none() {
+                return Err(fail(
+                    &format!("rewards[{i}]"),
+                    "needs an `answer_field` (on the reward or the task)",
+                ));
+            }
         }
         if self.rewards.iter().all(|r| r.weight == 0.0) {
             return Err(fail(

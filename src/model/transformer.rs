@@ -4,7 +4,7 @@
 //! files load by name.
 
 use super::config::ModelConfig;
-use super::kv_cache::KvCache;
+use super::kv_cache::{KvCache, LayerCache};
 use anyhow::{Result, bail};
 use tch::{Kind, Tensor, nn, nn::Module};
 
@@ -88,6 +88,13 @@ fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     x * cos + rotate_half(x) * sin
 }
 
+/// One layer's part of the KV cache, with how many positions it already holds.
+struct CacheSlot<'a> {
+    layer: &'a mut LayerCache,
+    past: i64,
+    capacity_hint: i64,
+}
+
 struct Attention {
     q_proj: nn::Linear,
     k_proj: nn::Linear,
@@ -130,7 +137,7 @@ impl Attention {
         cos: &Tensor,
         sin: &Tensor,
         mask: &Tensor,
-        cache: Option<&mut (Tensor, Tensor)>,
+        cache: Option<CacheSlot>,
     ) -> Tensor {
         let (batch, seq, _) = x.size3().expect("hidden states are [batch, seq, hidden]");
         let split_heads = |t: Tensor, heads: i64| {
@@ -144,13 +151,13 @@ impl Attention {
             sin,
         );
         let mut v = split_heads(self.v_proj.forward(x), self.kv_heads);
-        if let Some((past_k, past_v)) = cache {
-            if past_k.numel() > 0 {
-                k = Tensor::cat(&[&*past_k, &k], 2);
-                v = Tensor::cat(&[&*past_v, &v], 2);
-            }
-            *past_k = k.shallow_clone();
-            *past_v = v.shallow_clone();
+        if let Some(CacheSlot {
+            layer,
+            past,
+            capacity_hint,
+        }) = cache
+        {
+            (k, v) = layer.append(past, &k, &v, capacity_hint);
         }
         let y = Tensor::scaled_dot_product_attention(
             &q,
@@ -219,7 +226,7 @@ impl DecoderLayer {
         cos: &Tensor,
         sin: &Tensor,
         mask: &Tensor,
-        cache: Option<&mut (Tensor, Tensor)>,
+        cache: Option<CacheSlot>,
     ) -> Tensor {
         let x = x + self
             .self_attn
@@ -299,8 +306,12 @@ impl Transformer {
         let (cos, sin) = self.rotary.cos_sin(position_ids, x.kind());
         let mask = attention_mask(key_mask, seq, past);
         for (i, layer) in self.layers.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| c.layer_mut(i));
-            x = layer.forward(&x, &cos, &sin, &mask, layer_cache);
+            let slot = cache.as_deref_mut().map(|c| CacheSlot {
+                past,
+                capacity_hint: c.capacity_hint(),
+                layer: c.layer_mut(i),
+            });
+            x = layer.forward(&x, &cos, &sin, &mask, slot);
         }
         if let Some(cache) = cache {
             cache.advance(seq);

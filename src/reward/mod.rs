@@ -1,0 +1,253 @@
+//! Reward functions: (task record, prompt, completion) → score and a short reason.
+//!
+//! Rewards see strings and records, never tensors. A task combines several with
+//! weights; a batch is scored in parallel with rayon. Sandbox failures are reported as
+//! infrastructure errors, counted apart from wrong answers.
+
+pub mod code;
+pub mod math;
+pub mod sandbox;
+pub mod text;
+
+use crate::config::task::{RewardKind, RewardSpec, TaskConfig};
+use anyhow::{Result, bail};
+use rayon::prelude::*;
+use sandbox::{Limits, Runtime, Sandbox, Verdict};
+use serde::Serialize;
+use serde_json::Value;
+use std::sync::Arc;
+
+/// What a reward function is shown.
+pub struct Sample<'a> {
+    /// The task record (its fields, e.g. the reference answer or the tests).
+    pub record: &'a Value,
+    pub prompt: &'a str,
+    pub completion: &'a str,
+    /// Completion length in tokens (for length shaping).
+    pub completion_tokens: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Score {
+    pub value: f64,
+    pub reason: String,
+    /// For sandboxed rewards: how the program ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    /// The grader failed, not the model: never mistake this for a wrong answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub infra_error: Option<String>,
+}
+
+impl Score {
+    pub fn new(value: f64, reason: impl Into<String>) -> Self {
+        Self {
+            value,
+            reason: reason.into(),
+            verdict: None,
+            infra_error: None,
+        }
+    }
+
+    fn infra(error: impl std::fmt::Display) -> Self {
+        let message = error.to_string();
+        Self {
+            value: 0.0,
+            reason: message.clone(),
+            verdict: None,
+            infra_error: Some(message),
+        }
+    }
+}
+
+pub trait RewardFunction: Send + Sync {
+    fn score(&self, sample: &Sample) -> Score;
+}
+
+/// A task's reward functions with their names and weights.
+pub struct RewardSet {
+    pub functions: Vec<(String, f64, Box<dyn RewardFunction>)>,
+}
+
+/// Scores of one completion: per function, and the weighted sum.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scored {
+    pub per_function: Vec<Score>,
+    pub total: f64,
+}
+
+impl RewardSet {
+    /// Builds the task's rewards; `task_dir` resolves script paths.
+    pub fn from_task(task: &TaskConfig, task_dir: &std::path::Path) -> Result<Self> {
+        let mut functions = Vec::new();
+        for (i, spec) in task.rewards.iter().enumerate() {
+            let function = build(spec, task, task_dir)
+                .map_err(|e| anyhow::anyhow!("rewards[{i}] ({}): {e:#}", spec.display_name()))?;
+            functions.push((spec.display_name(), spec.weight, function));
+        }
+        Ok(Self { functions })
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.functions
+            .iter()
+            .map(|(name, _, _)| name.as_str())
+            .collect()
+    }
+
+    /// Scores every sample with every function, in parallel over samples.
+    pub fn score_batch(&self, samples: &[Sample]) -> Vec<Scored> {
+        samples
+            .par_iter()
+            .map(|sample| {
+                let per_function: Vec<Score> = self
+                    .functions
+                    .iter()
+                    .map(|(_, _, f)| f.score(sample))
+                    .collect();
+                let total = self
+                    .functions
+                    .iter()
+                    .zip(&per_function)
+                    .map(|((_, w, _), s)| w * s.value)
+                    .sum();
+                Scored {
+                    per_function,
+                    total,
+                }
+            })
+            .collect()
+    }
+}
+
+fn build(
+    spec: &RewardSpec,
+    task: &TaskConfig,
+    task_dir: &std::path::Path,
+) -> Result<Box<dyn RewardFunction>> {
+    let answer_field = || {
+        spec.answer_field
+            .clone()
+            .or_else(|| task.answer_field.clone())
+            .unwrap_or_default()
+    };
+    Ok(match spec.kind {
+        RewardKind::Math => {
+            let mut options = math::MathOptions::default();
+            if let Some(tolerance) = spec.tolerance {
+                options.tolerance = tolerance;
+            }
+            if let Some(fallback) = spec.last_number_fallback {
+                options.last_number_fallback = fallback;
+            }
+            Box::new(text::MathReward {
+                answer_field: answer_field(),
+                options,
+            })
+        }
+        RewardKind::Exact => Box::new(text::ExactReward {
+            answer_field: answer_field(),
+        }),
+        RewardKind::Format => Box::new(text::RegexReward::format(spec.pattern.as_deref())?),
+        RewardKind::Regex => Box::new(text::RegexReward::new(
+            spec.pattern.as_deref().unwrap_or_default(),
+        )?),
+        RewardKind::Overlong => Box::new(text::OverlongPenalty {
+            max_length: spec.max_length.unwrap_or_default(),
+            cache_length: spec.cache_length.unwrap_or_default(),
+        }),
+        RewardKind::Code => Box::new(CodeReward {
+            runtime: spec.runtime.unwrap_or_default(),
+            limits: limits(spec),
+            scoring: spec.scoring.unwrap_or_default(),
+            tests_field: spec.tests_field.clone().unwrap_or_else(|| "tests".into()),
+            entry_point_field: spec
+                .entry_point_field
+                .clone()
+                .unwrap_or_else(|| "entry_point".into()),
+            prelude_field: spec.prelude_field.clone(),
+            sandbox: std::sync::OnceLock::new(),
+        }),
+        RewardKind::Script => {
+            let _ = task_dir;
+            bail!("the `script` reward kind is not built yet")
+        }
+        RewardKind::RewardModel => bail!("the `reward_model` reward kind is not built yet"),
+    })
+}
+
+fn limits(spec: &RewardSpec) -> Limits {
+    let mut limits = code::default_limits(spec.runtime.unwrap_or_default());
+    if let Some(fuel) = spec.fuel {
+        limits.fuel = fuel;
+    }
+    if let Some(mb) = spec.memory_mb {
+        limits.memory_bytes = mb << 20;
+    }
+    if let Some(seconds) = spec.timeout_s {
+        limits.wall_seconds = seconds;
+    }
+    limits
+}
+
+/// Runs the completion's code against the record's tests in the sandbox.
+struct CodeReward {
+    runtime: Runtime,
+    limits: Limits,
+    scoring: code::CodeScoring,
+    tests_field: String,
+    entry_point_field: String,
+    prelude_field: Option<String>,
+    /// Loaded on first use, so a task without code samples never compiles CPython.
+    sandbox: std::sync::OnceLock<Result<Arc<Sandbox>, sandbox::SandboxError>>,
+}
+
+impl RewardFunction for CodeReward {
+    fn score(&self, sample: &Sample) -> Score {
+        let Some(program) = code::extract_code(sample.completion) else {
+            return Score {
+                verdict: Some(Verdict::Error),
+                ..Score::new(0.0, "no code found in the completion")
+            };
+        };
+        let tests = match sample.record.get(&self.tests_field) {
+            Some(Value::String(test)) => vec![test.clone()],
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|t| t.as_str().map(String::from))
+                .collect(),
+            _ => return Score::infra(format!("the record has no `{}` tests", self.tests_field)),
+        };
+        let entry_point = sample
+            .record
+            .get(&self.entry_point_field)
+            .and_then(Value::as_str);
+        let program = match self
+            .prelude_field
+            .as_ref()
+            .and_then(|f| sample.record.get(f))
+            .and_then(Value::as_str)
+        {
+            Some(prelude) => format!("{prelude}\n{program}"),
+            None => program,
+        };
+        let sandbox = match self.sandbox.get_or_init(|| Sandbox::shared(self.runtime)) {
+            Ok(sandbox) => sandbox,
+            Err(error) => return Score::infra(error),
+        };
+        match code::grade(
+            sandbox,
+            &program,
+            &tests,
+            entry_point,
+            self.scoring,
+            &self.limits,
+        ) {
+            Ok(grade) => Score {
+                verdict: Some(grade.verdict),
+                ..Score::new(grade.score, grade.reason)
+            },
+            Err(error) => Score::infra(error),
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The wasm sandbox and the code reward against what a policy might write: endless
+//! loops, huge allocations, floods, escapes, and tricks to collect a reward without
+//! solving the task. Every case ends in a verdict with a reason and the process goes on.
+
+use rlvr::reward::code::{CodeScoring, grade};
+use rlvr::reward::sandbox::{Limits, Runtime, Sandbox, Verdict};
+use std::sync::Arc;
+
+fn cpython() -> Arc<Sandbox> {
+    Sandbox::shared(Runtime::CPython).expect("CPython module (run scripts/setup.sh)")
+}
+
+/// Grades `code` against two asserts on `add`.
+fn grade_add(sandbox: &Sandbox, code: &str) -> rlvr::reward::code::CodeGrade {
+    let tests = vec![
+        "assert add(2, 3) == 5".to_string(),
+        "assert add(-1, 1) == 0".to_string(),
+    ];
+    let limits = Limits {
+        fuel: 1_500_000_000,
+        ..Limits::default()
+    };
+    grade(
+        sandbox,
+        code,
+        &tests,
+        Some("add"),
+        CodeScoring::AllPass,
+        &limits,
+    )
+    .expect("no infrastructure error")
+}
+
+fn assert_no_reward(code: &str, want: Verdict, reason_part: &str) {
+    let result = grade_add(&cpython(), code);
+    assert_eq!(result.score, 0.0, "{code:?} collected a reward: {result:?}");
+    assert_eq!(result.verdict, want, "{code:?}: {result:?}");
+    assert!(
+        result.reason.contains(reason_part),
+        "{code:?}: reason {:?} lacks {reason_part:?}",
+        result.reason
+    );
+}
+
+#[test]
+fn correct_and_wrong_solutions() {
+    let pass = grade_add(&cpython(), "def add(a, b):\n    return a + b\n");
+    assert_eq!(
+        (pass.score, pass.verdict, pass.passed),
+        (1.0, Verdict::Pass, 2),
+        "{pass:?}"
+    );
+    assert_no_reward(
+        "def add(a, b):\n    return a - b\n",
+        Verdict::Fail,
+        "AssertionError",
+    );
+    assert_no_reward("def add(a, b) return", Verdict::Fail, "SyntaxError");
+}
+
+#[test]
+fn fraction_scoring_counts_passed_tests() {
+    let tests = vec![
+        "assert add(2, 3) == 5".to_string(),
+        "assert add(-1, 1) == 1".to_string(),
+    ];
+    let result = grade(
+        &cpython(),
+        "def add(a, b):\n    return a + b\n",
+        &tests,
+        Some("add"),
+        CodeScoring::Fraction,
+        &Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        (result.score, result.passed, result.verdict),
+        (0.5, 1, Verdict::Fail),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn resource_abuse_gets_a_verdict() {
+    assert_no_reward("while True:\n    pass\n", Verdict::Timeout, "fuel budget");
+    assert_no_reward("x = bytearray(1024**3)\n", Verdict::Memory, "MemoryError");
+    // 2 GB does not even fit a wasm32 index: a plain failure, still no reward.
+    assert_no_reward(
+        "x = bytearray(2 * 1024**3)\n",
+        Verdict::Fail,
+        "OverflowError",
+    );
+    assert_no_reward(
+        "def add(a, b):\n    return add(a, b)\n",
+        Verdict::Fail,
+        "RecursionError",
+    );
+    assert_no_reward(
+        "while True:\n    print('spam' * 1000)\n",
+        Verdict::Error,
+        "stdout exceeded",
+    );
+}
+
+#[test]
+fn escapes_fail() {
+    assert_no_reward(
+        "print(open('/etc/passwd').read())\n",
+        Verdict::Fail,
+        "FileNotFoundError",
+    );
+    assert_no_reward(
+        "import socket\nsocket.create_connection(('127.0.0.1', 80))\n",
+        Verdict::Fail,
+        "raised",
+    );
+    assert_no_reward("import os\nos.system('echo hi')\n", Verdict::Fail, "system");
+    assert_no_reward(
+        "import subprocess\nsubprocess.run(['ls'])\n",
+        Verdict::Fail,
+        "raised",
+    );
+}
+
+#[test]
+fn grader_gaming_does_not_pay() {
+    assert_no_reward("import sys\nsys.exit(0)\n", Verdict::Fail, "not allowed");
+    assert_no_reward("import os\nos._exit(0)\n", Verdict::Fail, "not allowed");
+    assert_no_reward("raise SystemExit(0)\n", Verdict::Fail, "SystemExit");
+    assert_no_reward(
+        "class Anything:\n    def __eq__(self, other):\n        return True\ndef add(a, b):\n    return Anything()\n",
+        Verdict::Fail,
+        "not a plain builtin value",
+    );
+    assert_no_reward(
+        "import builtins\nbuiltins.AssertionError = type('Quiet', (Exception,), {})\ndef add(a, b):\n    return 0\n",
+        Verdict::Fail,
+        "modified builtins",
+    );
+    // Forging the harness's result line without the nonce.
+    let forged = "print('__rlvr_result_0000 {\"passed\": 2, \"total\": 2, \"error\": \"\"}')\nimport sys\nsys.stdout.flush()\nimport os\nos._exit(0)\n";
+    assert_no_reward(forged, Verdict::Fail, "not allowed");
+    // Looking for the nonce through frames.
+    assert_no_reward(
+        "import sys\nframe = sys._getframe(1)\n",
+        Verdict::Fail,
+        "_getframe",
+    );
+}
+
+#[test]
+fn odd_output_is_handled() {
+    let result = grade_add(
+        &cpython(),
+        "import sys\nsys.stdout.buffer.write(b'\\xff\\xfe\\x00')\ndef add(a, b):\n    return a + b\n",
+    );
+    assert_eq!(result.verdict, Verdict::Pass, "{result:?}");
+}
+
+#[test]
+fn fuel_is_deterministic() {
+    let sandbox = cpython();
+    let program = "total = 0\nfor i in range(100000):\n    total += i * i\nprint(total)\n";
+    let a = sandbox.run(program, b"", &Limits::default()).unwrap();
+    let b = sandbox.run(program, b"", &Limits::default()).unwrap();
+    assert_eq!(a.stdout, "333328333350000\n");
+    assert_eq!(
+        a.fuel_used, b.fuel_used,
+        "the same program must burn the same fuel"
+    );
+}
+
+#[test]
+fn micropython_runs_and_is_limited() {
+    let sandbox = Sandbox::shared(Runtime::MicroPython).expect("MicroPython module");
+    let pass = grade_add(&sandbox, "def add(a, b):\n    return a + b\n");
+    assert_eq!(pass.verdict, Verdict::Pass, "{pass:?}");
+    let looped = sandbox
+        .run(
+            "while True:\n    pass\n",
+            b"",
+            &Limits {
+                fuel: 50_000_000,
+                ..Limits::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(looped.verdict, Verdict::Timeout);
+}
+
+#[test]
+fn a_missing_module_is_an_infrastructure_error() {
+    let error = Sandbox::load(
+        Runtime::CPython,
+        std::path::Path::new("/nonexistent/python.wasm"),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        error
+            .to_string()
+            .starts_with("sandbox infrastructure error"),
+        "{error}"
+    );
+}

@@ -64,6 +64,21 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Score every record's reference completion (or given completions) with a task's
+    /// rewards: per-function means, verdicts, slowest jobs, infrastructure errors.
+    RewardCheck {
+        task: PathBuf,
+        /// jsonl with {"completion": ...} per line (optionally {"index": i}).
+        #[arg(long)]
+        completions: Option<PathBuf>,
+        /// Only the first N records.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value_t = 5)]
+        slowest: usize,
+        #[arg(long, default_value_t = 5)]
+        failures: usize,
+    },
     /// Benchmarks that print ratios against a baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -139,6 +154,29 @@ pub fn main() -> ExitCode {
             threads,
             repeats,
         }),
+        Command::RewardCheck {
+            task,
+            completions,
+            limit,
+            slowest,
+            failures,
+        } => {
+            let options = crate::reward::check::CheckOptions {
+                completions: completions.as_deref(),
+                limit,
+                show_slowest: slowest,
+                show_failures: failures,
+            };
+            crate::reward::check::run(&task, &options).and_then(|report| {
+                if report.infra_errors > 0 {
+                    bail!(
+                        "{} infrastructure error(s): the grader, not the model, failed",
+                        report.infra_errors
+                    );
+                }
+                Ok(())
+            })
+        }
         Command::Tokenize { tokenizer, text } => inspect::tokenize(&tokenizer, &text),
         Command::Logprobs {
             model,

@@ -21,6 +21,10 @@ pub struct TaskConfig {
     /// Record field that holds the reference answer.
     #[serde(default)]
     pub answer_field: Option<String>,
+    /// Record field that holds a reference completion (a worked solution or a
+    /// canonical program): `rlvr reward-check` scores it to test the rewards.
+    #[serde(default)]
+    pub reference_field: Option<String>,
     pub rewards: Vec<RewardSpec>,
 }
 

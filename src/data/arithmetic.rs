@@ -13,10 +13,34 @@ pub struct ArithmeticItem {
     pub answer: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ArithmeticParams {
     pub min_digits: u32,
     pub max_digits: u32,
+}
+
+impl ArithmeticParams {
+    /// From a task's `source.params`; unknown keys and digits outside 1..=18 are errors.
+    pub fn from_yaml(
+        params: &std::collections::BTreeMap<String, serde_yaml::Value>,
+    ) -> anyhow::Result<Self> {
+        let mapping: serde_yaml::Mapping = params
+            .iter()
+            .map(|(k, v)| (serde_yaml::Value::String(k.clone()), v.clone()))
+            .collect();
+        let parsed: Self = serde_yaml::from_value(serde_yaml::Value::Mapping(mapping))?;
+        if !(1..=18).contains(&parsed.min_digits)
+            || !(parsed.min_digits..=18).contains(&parsed.max_digits)
+        {
+            anyhow::bail!(
+                "need 1 <= min_digits <= max_digits <= 18, got {} and {}",
+                parsed.min_digits,
+                parsed.max_digits
+            );
+        }
+        Ok(parsed)
+    }
 }
 
 impl Default for ArithmeticParams {

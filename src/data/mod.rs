@@ -1,3 +1,156 @@
-//! Data sources: synthetic task generators (and, later, jsonl/parquet readers).
+//! Data sources: task records from jsonl files or built-in synthetic generators, and
+//! prompt templates rendered from a record's fields.
 
 pub mod arithmetic;
+
+use crate::config::TaskConfig;
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use std::path::Path;
+
+/// The task's records, each a JSON object. `task_dir` resolves relative paths.
+pub fn load_records(task: &TaskConfig, task_dir: &Path) -> Result<Vec<Value>> {
+    let source = &task.source;
+    let mut records = match (&source.path, &source.generator) {
+        (Some(path), _) => read_jsonl(&task_dir.join(path))?,
+        (None, Some(generator)) => generate(generator, task)?,
+        (None, None) => bail!(
+            "task `{}`: the source has neither a path nor a generator",
+            task.name
+        ),
+    };
+    if let Some(limit) = source.num_examples {
+        records.truncate(limit);
+    }
+    Ok(records)
+}
+
+/// One JSON object per line; blank lines are skipped. Errors name the file and line.
+pub fn read_jsonl(path: &Path) -> Result<Vec<Value>> {
+    if path.extension().is_some_and(|e| e == "parquet") {
+        bail!(
+            "{}: parquet input is not supported yet; convert it to jsonl",
+            path.display()
+        );
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut records = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record: Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a JSON object", path.display(), index + 1))?;
+        if !record.is_object() {
+            bail!(
+                "{}:{}: expected a JSON object, got {}",
+                path.display(),
+                index + 1,
+                kind_of(&record)
+            );
+        }
+        records.push(record);
+    }
+    Ok(records)
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn generate(generator: &str, task: &TaskConfig) -> Result<Vec<Value>> {
+    let source = &task.source;
+    let count = source.num_examples.unwrap_or(1000);
+    match generator {
+        "arithmetic" => {
+            let params = arithmetic::ArithmeticParams::from_yaml(&source.params)
+                .with_context(|| format!("task `{}`: source.params", task.name))?;
+            arithmetic::generate(params, count, source.seed)
+                .into_iter()
+                .map(|item| serde_json::to_value(item).context("serialising an item"))
+                .collect()
+        }
+        other => bail!(
+            "task `{}`: unknown generator `{other}` (known: arithmetic)",
+            task.name
+        ),
+    }
+}
+
+/// Replaces each `{field}` in `template` with the record's field (`{{` and `}}` are
+/// literal braces). A missing field is an error that names it.
+pub fn render_prompt(template: &str, record: &Value) -> Result<String> {
+    let mut out = String::with_capacity(template.len());
+    let mut chars = template.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '{' if chars.peek().is_some_and(|&(_, n)| n == '{') => {
+                chars.next();
+                out.push('{');
+            }
+            '}' if chars.peek().is_some_and(|&(_, n)| n == '}') => {
+                chars.next();
+                out.push('}');
+            }
+            '{' => {
+                let rest = &template[i + 1..];
+                let Some(end) = rest.find('}') else {
+                    bail!("prompt template: unclosed `{{` at byte {i}")
+                };
+                let field = &rest[..end];
+                let value = record.get(field).with_context(|| {
+                    format!("prompt template: the record has no field `{field}`")
+                })?;
+                match value {
+                    Value::String(s) => out.push_str(s),
+                    other => out.push_str(&other.to_string()),
+                }
+                for _ in 0..end + 1 {
+                    chars.next();
+                }
+            }
+            _ => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_templates_fill_fields_and_keep_escaped_braces() {
+        let record = serde_json::json!({"question": "What is 2 + 2?", "n": 3});
+        assert_eq!(
+            render_prompt("Q: {question} ({n}) {{x}}", &record).unwrap(),
+            "Q: What is 2 + 2? (3) {x}"
+        );
+        let error = render_prompt("{missing}", &record).unwrap_err();
+        assert!(error.to_string().contains("no field `missing`"));
+        assert!(render_prompt("{oops", &record).is_err());
+    }
+
+    #[test]
+    fn jsonl_errors_name_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        std::fs::write(&path, "{\"a\": 1}\n\n[1, 2]\n").unwrap();
+        let error = read_jsonl(&path).unwrap_err().to_string();
+        assert!(
+            error.ends_with("d.jsonl:3: expected a JSON object, got an array"),
+            "{error}"
+        );
+        std::fs::write(&path, "{\"a\": 1}\n{oops\n").unwrap();
+        let error = format!("{:#}", read_jsonl(&path).unwrap_err());
+        assert!(error.contains("d.jsonl:2: not a JSON object"), "{error}");
+    }
+}

@@ -4,6 +4,7 @@
 //! weights; a batch is scored in parallel with rayon. Sandbox failures are reported as
 //! infrastructure errors, counted apart from wrong answers.
 
+pub mod check;
 pub mod code;
 pub mod math;
 pub mod sandbox;
@@ -74,6 +75,8 @@ pub struct RewardSet {
 pub struct Scored {
     pub per_function: Vec<Score>,
     pub total: f64,
+    /// Time spent scoring this completion, all functions together.
+    pub seconds: f64,
 }
 
 impl RewardSet {
@@ -100,6 +103,7 @@ impl RewardSet {
         samples
             .par_iter()
             .map(|sample| {
+                let started = std::time::Instant::now();
                 let per_function: Vec<Score> = self
                     .functions
                     .iter()
@@ -114,6 +118,7 @@ impl RewardSet {
                 Scored {
                     per_function,
                     total,
+                    seconds: started.elapsed().as_secs_f64(),
                 }
             })
             .collect()

@@ -2,9 +2,16 @@
 //! loops, huge allocations, floods, escapes, and tricks to collect a reward without
 //! solving the task. Every case ends in a verdict with a reason and the process goes on.
 
-use rlvr::reward::code::{CodeScoring, grade};
+use rlvr::reward::code::{CodeScoring, TestContext, grade};
 use rlvr::reward::sandbox::{Limits, Runtime, Sandbox, Verdict};
 use std::sync::Arc;
+
+fn context() -> TestContext<'static> {
+    TestContext {
+        entry_point: Some("add"),
+        setup: None,
+    }
+}
 
 fn cpython() -> Arc<Sandbox> {
     Sandbox::shared(Runtime::CPython).expect("CPython module (run scripts/setup.sh)")
@@ -24,7 +31,7 @@ fn grade_add(sandbox: &Sandbox, code: &str) -> rlvr::reward::code::CodeGrade {
         sandbox,
         code,
         &tests,
-        Some("add"),
+        context(),
         CodeScoring::AllPass,
         &limits,
     )
@@ -68,7 +75,7 @@ fn fraction_scoring_counts_passed_tests() {
         &cpython(),
         "def add(a, b):\n    return a + b\n",
         &tests,
-        Some("add"),
+        context(),
         CodeScoring::Fraction,
         &Limits::default(),
     )
@@ -135,7 +142,7 @@ fn grader_gaming_does_not_pay() {
     assert_no_reward(
         "import builtins\nbuiltins.AssertionError = type('Quiet', (Exception,), {})\ndef add(a, b):\n    return 0\n",
         Verdict::Fail,
-        "modified builtins",
+        "modified the standard library or builtins",
     );
     // Forging the harness's result line without the nonce.
     let forged = "print('__rlvr_result_0000 {\"passed\": 2, \"total\": 2, \"error\": \"\"}')\nimport sys\nsys.stdout.flush()\nimport os\nos._exit(0)\n";
@@ -202,4 +209,87 @@ fn a_missing_module_is_an_infrastructure_error() {
             .starts_with("sandbox infrastructure error"),
         "{error}"
     );
+}
+
+#[test]
+fn sleeping_cannot_stall_the_grader() {
+    let started = std::time::Instant::now();
+    assert_no_reward("import time\ntime.sleep(10**9)\n", Verdict::Fail, "OSError");
+    assert!(
+        started.elapsed().as_secs() < 30,
+        "time.sleep blocked the host thread"
+    );
+}
+
+/// Completions found by red-teaming the harness: each got full marks on HumanEval-style
+/// tests without solving the task before the harness was hardened.
+#[test]
+fn red_team_attacks_do_not_pay() {
+    let attacks: &[(&str, &str)] = &[
+        // Patch json.dumps so the harness itself prints a forged result.
+        (
+            "import json\n_d = json.dumps\njson.dumps = lambda o, *a, **k: _d({**o, 'passed': o['total']}) if isinstance(o, dict) and 'total' in o else _d(o, *a, **k)\ndef add(a, b):\n    return 0\n",
+            "modified",
+        ),
+        // Walk a traceback to the harness's frame and empty the test list.
+        (
+            "try:\n    raise ValueError\nexcept ValueError as e:\n    f = e.__traceback__.tb_frame.f_back\n    f.f_locals['tests']\ndef add(a, b):\n    return 0\n",
+            "not allowed",
+        ),
+        // Find the job through the garbage collector.
+        (
+            "import gc\nfor o in gc.get_objects():\n    pass\ndef add(a, b):\n    return 0\n",
+            "not allowed",
+        ),
+        // Skip the asserts with a trace hook.
+        (
+            "import sys\nsys.settrace(lambda *a: None)\ndef add(a, b):\n    return 0\n",
+            "not allowed",
+        ),
+        // A metaclass whose __eq__ makes `type(v) in plain` true.
+        (
+            "class M(type):\n    __eq__ = lambda c, o: True\n    __hash__ = type.__hash__\nclass Y(metaclass=M):\n    __eq__ = lambda s, o: True\ndef add(a, b):\n    return Y()\n",
+            "not a plain builtin value",
+        ),
+        // Shadow a builtin the tests use, as a global or through __builtins__.
+        (
+            "abs = lambda x: 0\ndef add(a, b):\n    return a - b\n",
+            "AssertionError",
+        ),
+        (
+            "import builtins\n__builtins__ = dict(vars(builtins), abs=lambda x: 0)\ndef add(a, b):\n    return a - b\n",
+            "AssertionError",
+        ),
+        // Patch a stdlib module the tests use.
+        (
+            "import math\nmath.fabs = lambda x: 0.0\ndef add(a, b):\n    return 0\n",
+            "modified",
+        ),
+        // Patch a method of a stdlib class.
+        (
+            "import random\nrandom.Random.randint = lambda self, a, b: 1\ndef add(a, b):\n    return 0\n",
+            "modified",
+        ),
+    ];
+    for (code, reason) in attacks {
+        let tests = vec![
+            "assert abs(add(2, 3) - 5) < 1e-9".to_string(),
+            "import math\nassert math.fabs(add(-1, 1)) < 1e-9".to_string(),
+        ];
+        let result = grade(
+            &cpython(),
+            code,
+            &tests,
+            context(),
+            CodeScoring::AllPass,
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(result.score, 0.0, "{code}\n{result:?}");
+        assert!(
+            result.reason.contains(reason),
+            "{code}\nreason {:?} lacks {reason:?}",
+            result.reason
+        );
+    }
 }

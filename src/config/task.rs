@@ -89,9 +89,10 @@ pub struct RewardSpec {
     /// code: record field naming the function the tests call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entry_point_field: Option<String>,
-    /// code: record field with code run before the tests (e.g. imports).
+    /// code: record field with trusted code run before each test in the test's own
+    /// namespace (e.g. HumanEval's prompt, whose helper functions the tests call).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prelude_field: Option<String>,
+    pub setup_field: Option<String>,
     /// code, script: cpython (default) or micropython.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<crate::reward::sandbox::Runtime>,
@@ -135,7 +136,7 @@ impl RewardSpec {
             ("pattern", self.pattern.is_some()),
             ("tests_field", self.tests_field.is_some()),
             ("entry_point_field", self.entry_point_field.is_some()),
-            ("prelude_field", self.prelude_field.is_some()),
+            ("setup_field", self.setup_field.is_some()),
             ("runtime", self.runtime.is_some()),
             ("scoring", self.scoring.is_some()),
             ("fuel", self.fuel.is_some()),
@@ -161,7 +162,7 @@ impl RewardSpec {
             RewardKind::Code => &[
                 "tests_field",
                 "entry_point_field",
-                "prelude_field",
+                "setup_field",
                 "scoring",
                 SANDBOX[0],
                 SANDBOX[1],

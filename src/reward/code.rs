@@ -66,14 +66,22 @@ pub fn extract_code(completion: &str) -> Option<String> {
     looks_like_code.then(|| bare.to_string())
 }
 
+/// What the tests see besides the submission.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TestContext<'a> {
+    /// The function the tests call; its results must be plain builtin values. With an
+    /// entry point each test runs in a fresh namespace that holds only it and `setup`.
+    pub entry_point: Option<&'a str>,
+    /// Trusted code run before each test (helpers the tests use).
+    pub setup: Option<&'a str>,
+}
+
 /// Runs `code` against `tests` (each a snippet of Python that raises on failure).
-/// `entry_point`, when given, names the function the tests call; its results must be
-/// plain builtin values.
 pub fn grade(
     sandbox: &Sandbox,
     code: &str,
     tests: &[String],
-    entry_point: Option<&str>,
+    context: TestContext,
     scoring: CodeScoring,
     limits: &Limits,
 ) -> Result<CodeGrade, SandboxError> {
@@ -82,7 +90,13 @@ pub fn grade(
         rand::rng().next_u64(),
         rand::rng().next_u64()
     );
-    let job = serde_json::json!({ "nonce": nonce, "code": code, "tests": tests, "entry_point": entry_point });
+    let job = serde_json::json!({
+        "nonce": nonce,
+        "code": code,
+        "tests": tests,
+        "entry_point": context.entry_point,
+        "setup": context.setup,
+    });
     let execution = sandbox.run(HARNESS, job.to_string().as_bytes(), limits)?;
     Ok(judge(&execution, &nonce, tests.len(), scoring))
 }

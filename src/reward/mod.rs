@@ -8,6 +8,7 @@ pub mod check;
 pub mod code;
 pub mod math;
 pub mod sandbox;
+pub mod script;
 pub mod text;
 
 use crate::config::task::{RewardKind, RewardSpec, TaskConfig};
@@ -170,12 +171,16 @@ fn build(
                 .entry_point_field
                 .clone()
                 .unwrap_or_else(|| "entry_point".into()),
-            prelude_field: spec.prelude_field.clone(),
+            setup_field: spec.setup_field.clone(),
             sandbox: std::sync::OnceLock::new(),
         }),
         RewardKind::Script => {
-            let _ = task_dir;
-            bail!("the `script` reward kind is not built yet")
+            let path = task_dir.join(spec.script.as_deref().unwrap_or(std::path::Path::new("")));
+            Box::new(script::ScriptReward::load(
+                &path,
+                spec.runtime.unwrap_or_default(),
+                limits(spec),
+            )?)
         }
         RewardKind::RewardModel => bail!("the `reward_model` reward kind is not built yet"),
     })
@@ -202,7 +207,7 @@ struct CodeReward {
     scoring: code::CodeScoring,
     tests_field: String,
     entry_point_field: String,
-    prelude_field: Option<String>,
+    setup_field: Option<String>,
     /// Loaded on first use, so a task without code samples never compiles CPython.
     sandbox: std::sync::OnceLock<Result<Arc<Sandbox>, sandbox::SandboxError>>,
 }
@@ -227,15 +232,11 @@ impl RewardFunction for CodeReward {
             .record
             .get(&self.entry_point_field)
             .and_then(Value::as_str);
-        let program = match self
-            .prelude_field
+        let setup = self
+            .setup_field
             .as_ref()
             .and_then(|f| sample.record.get(f))
-            .and_then(Value::as_str)
-        {
-            Some(prelude) => format!("{prelude}\n{program}"),
-            None => program,
-        };
+            .and_then(Value::as_str);
         let sandbox = match self.sandbox.get_or_init(|| Sandbox::shared(self.runtime)) {
             Ok(sandbox) => sandbox,
             Err(error) => return Score::infra(error),
@@ -244,7 +245,7 @@ impl RewardFunction for CodeReward {
             sandbox,
             &program,
             &tests,
-            entry_point,
+            code::TestContext { entry_point, setup },
             self.scoring,
             &self.limits,
         ) {

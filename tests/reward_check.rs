@@ -84,3 +84,93 @@ fn given_completions_are_scored_against_their_records() {
         "{error}"
     );
 }
+
+#[test]
+fn countdown_script_checks_the_equation() {
+    let dir = tempfile::tempdir().unwrap();
+    let completions = dir.path().join("c.jsonl");
+    // Record 0 of the shipped task; read its numbers and target to write completions.
+    let task_path = task("countdown.yaml");
+    let task_config = rlvr::config::TaskConfig::load(&task_path).unwrap();
+    let records = rlvr::data::load_records(&task_config, task_path.parent().unwrap()).unwrap();
+    let numbers: Vec<i64> = serde_json::from_value(records[0]["numbers"].clone()).unwrap();
+    let reference = records[0]["solution"].as_str().unwrap();
+    let rows = [
+        reference.to_string(),
+        format!(
+            "<answer>{}</answer>",
+            numbers
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(" + ")
+                + " + 1"
+        ),
+        "<answer>__import__('os').system('ls')</answer>".to_string(),
+        "no answer here".to_string(),
+    ];
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|c| serde_json::json!({"index": 0, "completion": c}).to_string())
+        .collect();
+    std::fs::write(&completions, lines.join("\n")).unwrap();
+    let report = run(&task_path, &options(Some(&completions))).unwrap();
+    assert_eq!(
+        report.means[0],
+        ("equation".to_string(), 0.25),
+        "only the reference is right"
+    );
+    assert_eq!(report.infra_errors, 0);
+}
+
+#[test]
+fn broken_reward_scripts_are_infrastructure_errors() {
+    use rlvr::reward::script::ScriptReward;
+    use rlvr::reward::{RewardFunction, Sample};
+    let dir = tempfile::tempdir().unwrap();
+    let record = serde_json::json!({"question": "q"});
+    let sample = Sample {
+        record: &record,
+        prompt: "q",
+        completion: "anything",
+        completion_tokens: 1,
+    };
+    let limits = rlvr::reward::sandbox::Limits::default();
+    for (script, expected) in [
+        ("raise RuntimeError('boom')", "RuntimeError: boom"),
+        ("print('not json at all')", "printed no JSON score"),
+        ("print('{\"score\": \"high\"}')", "printed no JSON score"),
+    ] {
+        let path = dir.path().join("score.py");
+        std::fs::write(&path, script).unwrap();
+        let reward =
+            ScriptReward::load(&path, rlvr::reward::sandbox::Runtime::CPython, limits).unwrap();
+        let score = reward.score(&sample);
+        assert_eq!(score.value, 0.0, "{script}");
+        let error = score
+            .infra_error
+            .unwrap_or_else(|| panic!("{script}: not counted as an infrastructure error"));
+        assert!(error.contains(expected), "{script}: {error}");
+    }
+    // Through a task, the failures are counted, and a missing script is an error that
+    // names the file when the task loads.
+    std::fs::write(dir.path().join("data.jsonl"), "{\"question\": \"q\"}\n").unwrap();
+    std::fs::write(
+        dir.path().join("completions.jsonl"),
+        "{\"completion\": \"anything\"}\n",
+    )
+    .unwrap();
+    let task_text = "name: t\nsource:\n  path: data.jsonl\nprompt: '{question}'\nrewards:\n  - kind: script\n    script: score.py\n";
+    let task_path = dir.path().join("task.yaml");
+    std::fs::write(&task_path, task_text).unwrap();
+    let completions = dir.path().join("completions.jsonl");
+    assert_eq!(
+        run(&task_path, &options(Some(&completions)))
+            .unwrap()
+            .infra_errors,
+        1
+    );
+    std::fs::remove_file(dir.path().join("score.py")).unwrap();
+    let error = run(&task_path, &options(Some(&completions))).err().unwrap();
+    assert!(format!("{error:#}").contains("score.py"), "{error:#}");
+}

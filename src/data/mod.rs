@@ -2,6 +2,7 @@
 //! prompt templates rendered from a record's fields.
 
 pub mod arithmetic;
+pub mod countdown;
 
 use crate::config::TaskConfig;
 use anyhow::{Context, Result, bail};
@@ -78,8 +79,16 @@ fn generate(generator: &str, task: &TaskConfig) -> Result<Vec<Value>> {
                 .map(|item| serde_json::to_value(item).context("serialising an item"))
                 .collect()
         }
+        "countdown" => {
+            let params = countdown::CountdownParams::from_yaml(&source.params)
+                .with_context(|| format!("task `{}`: source.params", task.name))?;
+            countdown::generate(params, count, source.seed)
+                .into_iter()
+                .map(|item| serde_json::to_value(item).context("serialising an item"))
+                .collect()
+        }
         other => bail!(
-            "task `{}`: unknown generator `{other}` (known: arithmetic)",
+            "task `{}`: unknown generator `{other}` (known: arithmetic, countdown)",
             task.name
         ),
     }

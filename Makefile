@@ -27,3 +27,4 @@ fmt:
 bench: setup
 	@bash scripts/python-env.sh >/dev/null || echo "[bench] no Python with transformers: its baseline will be skipped"
 	cargo run --quiet -- bench sample
+	cargo run --quiet -- bench rewards

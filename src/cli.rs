@@ -130,6 +130,13 @@ enum BenchKind {
         #[arg(long, default_value_t = 3)]
         repeats: usize,
     },
+    /// Graded jobs/s in the wasm sandbox vs a native python3 subprocess per job.
+    Rewards {
+        #[arg(long, default_value = "tasks/humaneval.yaml")]
+        task: PathBuf,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -177,6 +184,9 @@ pub fn main() -> ExitCode {
                 Ok(())
             })
         }
+        Command::Bench {
+            kind: BenchKind::Rewards { task, limit },
+        } => crate::bench::rewards(&task, limit),
         Command::Tokenize { tokenizer, text } => inspect::tokenize(&tokenizer, &text),
         Command::Logprobs {
             model,

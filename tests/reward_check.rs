@@ -174,3 +174,87 @@ fn broken_reward_scripts_are_infrastructure_errors() {
     let error = run(&task_path, &options(Some(&completions))).err().unwrap();
     assert!(format!("{error:#}").contains("score.py"), "{error:#}");
 }
+
+#[test]
+fn python_functions_references_pass_in_micropython() {
+    let options = CheckOptions {
+        limit: Some(200),
+        ..options(None)
+    };
+    let report = run(&task("python_functions.yaml"), &options).unwrap();
+    assert_eq!(
+        report.verdicts.get("pass"),
+        Some(&200),
+        "{:?}",
+        report.verdicts
+    );
+}
+
+/// GSM8K and MATH read the user's local copy; here a few rows written for the test,
+/// in the shape of the Hugging Face data sets.
+#[test]
+fn gsm8k_and_math_tasks_read_local_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let gsm8k_rows = [
+        serde_json::json!({"question": "Tom has 3 apples and buys 4 more. How many apples?", "answer": "3 + 4 = <<3+4=7>>7\n#### 7"}),
+        serde_json::json!({"question": "A book costs $1,200 and a pen $34. Total?", "answer": "1200 + 34 = 1234\n#### 1,234"}),
+    ];
+    let math_rows = [
+        serde_json::json!({"problem": "What is $\\frac{1}{2}+\\frac{1}{4}$?", "solution": "Sum is $\\boxed{\\frac{3}{4}}$.", "level": "Level 1", "type": "Algebra"}),
+        serde_json::json!({"problem": "Solve $x^2=4$, $x>0$.", "solution": "So $x=\\boxed{2}$.", "level": "Level 2", "type": "Algebra"}),
+    ];
+    for (name, rows, completions) in [
+        (
+            "gsm8k",
+            &gsm8k_rows,
+            ["The total is 7.\n#### 7", "So 1234 dollars.\n#### 1235"],
+        ),
+        (
+            "math",
+            &math_rows,
+            ["I get \\boxed{0.75}", "x = \\boxed{-2}"],
+        ),
+    ] {
+        let data = dir.path().join(format!("{name}.jsonl"));
+        std::fs::write(
+            &data,
+            rows.iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+        .unwrap();
+        let shipped = std::fs::read_to_string(task(&format!("{name}.yaml"))).unwrap();
+        let task_path = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &task_path,
+            shipped.replace(
+                &format!("path: data/{name}.jsonl"),
+                &format!("path: {name}.jsonl"),
+            ),
+        )
+        .unwrap();
+
+        let references = run(&task_path, &options(None)).unwrap();
+        assert_eq!(
+            references.means[0].1, 1.0,
+            "{name}: the reference solutions must score 1"
+        );
+        let given = dir.path().join(format!("{name}-completions.jsonl"));
+        let lines: Vec<String> = completions
+            .iter()
+            .map(|c| serde_json::json!({"completion": c}).to_string())
+            .collect();
+        std::fs::write(&given, lines.join("\n")).unwrap();
+        let scored = run(&task_path, &options(Some(&given))).unwrap();
+        assert_eq!(scored.means[0].1, 0.5, "{name}: one right, one wrong");
+    }
+    // Parquet is named as unsupported rather than misread.
+    let error = rlvr::data::read_jsonl(&dir.path().join("train.parquet")).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("parquet input is not supported yet"),
+        "{error}"
+    );
+}

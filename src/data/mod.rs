@@ -3,6 +3,7 @@
 
 pub mod arithmetic;
 pub mod countdown;
+pub mod functions;
 
 use crate::config::TaskConfig;
 use anyhow::{Context, Result, bail};
@@ -87,8 +88,20 @@ fn generate(generator: &str, task: &TaskConfig) -> Result<Vec<Value>> {
                 .map(|item| serde_json::to_value(item).context("serialising an item"))
                 .collect()
         }
+        "python_functions" => {
+            if let Some(key) = source.params.keys().next() {
+                bail!(
+                    "task `{}`: source.params: python_functions takes no parameters (got `{key}`)",
+                    task.name
+                );
+            }
+            functions::generate(count, source.seed)
+                .into_iter()
+                .map(|item| serde_json::to_value(item).context("serialising an item"))
+                .collect()
+        }
         other => bail!(
-            "task `{}`: unknown generator `{other}` (known: arithmetic, countdown)",
+            "task `{}`: unknown generator `{other}` (known: arithmetic, countdown, python_functions)",
             task.name
         ),
     }

@@ -465,6 +465,30 @@ fn load_module(engine: &Engine, path: &Path) -> Result<Module, SandboxError> {
     Ok(module)
 }
 
+/// Seconds to compile the module at `path` from scratch, and to load that compiled
+/// artifact back from disk (what every later process pays), for `rlvr bench rewards`.
+pub fn measure_module_load(path: &Path) -> Result<(f64, f64), SandboxError> {
+    let engine = engine()?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| SandboxError(format!("cannot read {}: {e}", path.display())))?;
+    let started = Instant::now();
+    let module = Module::new(engine, &bytes).map_err(infra("cannot compile"))?;
+    let compile = started.elapsed().as_secs_f64();
+    let artifact = std::env::temp_dir().join(format!("rlvr-bench-{}.cwasm", std::process::id()));
+    std::fs::write(
+        &artifact,
+        module.serialize().map_err(infra("cannot serialise"))?,
+    )
+    .map_err(|e| SandboxError(format!("cannot write {}: {e}", artifact.display())))?;
+    let started = Instant::now();
+    // SAFETY: the artifact was serialised just above by the same engine.
+    let loaded = unsafe { Module::deserialize_file(engine, &artifact) };
+    let load = started.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&artifact);
+    loaded.map_err(infra("cannot load the compiled module"))?;
+    Ok((compile, load))
+}
+
 fn compiled_path(path: &Path, key: u64) -> PathBuf {
     let stem = path.file_stem().unwrap_or_default().to_string_lossy();
     path.with_file_name(format!("{stem}-{key:016x}.cwasm"))

@@ -29,12 +29,7 @@ pub fn sample(bench: &SampleBench) -> Result<()> {
     tch::set_num_threads(bench.threads as i32);
     tch::manual_seed(0);
     let model = Model::random(&bench_model_config(), Device::Cpu, Dtype::F32)?;
-    let parameters: i64 = model
-        .vs
-        .trainable_variables()
-        .iter()
-        .map(|t| t.numel() as i64)
-        .sum();
+    let parameters = model.parameter_count();
     let prompts: Vec<Vec<i64>> = (0..bench.rows)
         .map(|r| {
             (0..bench.prompt_tokens)

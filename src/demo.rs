@@ -57,12 +57,7 @@ pub fn run(fresh: bool) -> Result<()> {
         Model::random(&config, Device::Cpu, Dtype::F32)?.save(&model_dir, Some(&tokenizer_path))?;
     }
     let model = Model::load(&model_dir, Device::Cpu, Dtype::F32)?;
-    let parameters: i64 = model
-        .vs
-        .trainable_variables()
-        .iter()
-        .map(|t| t.numel() as i64)
-        .sum();
+    let parameters = model.parameter_count();
     println!("  {} ({parameters} parameters)", model_dir.display());
 
     stage(6, "sampling from the untrained model");

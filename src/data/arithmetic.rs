@@ -25,11 +25,7 @@ impl ArithmeticParams {
     pub fn from_yaml(
         params: &std::collections::BTreeMap<String, serde_yaml::Value>,
     ) -> anyhow::Result<Self> {
-        let mapping: serde_yaml::Mapping = params
-            .iter()
-            .map(|(k, v)| (serde_yaml::Value::String(k.clone()), v.clone()))
-            .collect();
-        let parsed: Self = serde_yaml::from_value(serde_yaml::Value::Mapping(mapping))?;
+        let parsed: Self = super::params_from_yaml(params)?;
         if !(1..=18).contains(&parsed.min_digits)
             || !(parsed.min_digits..=18).contains(&parsed.max_digits)
         {

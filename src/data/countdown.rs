@@ -39,11 +39,7 @@ impl CountdownParams {
     pub fn from_yaml(
         params: &std::collections::BTreeMap<String, serde_yaml::Value>,
     ) -> anyhow::Result<Self> {
-        let mapping: serde_yaml::Mapping = params
-            .iter()
-            .map(|(k, v)| (serde_yaml::Value::String(k.clone()), v.clone()))
-            .collect();
-        let parsed: Self = serde_yaml::from_value(serde_yaml::Value::Mapping(mapping))?;
+        let parsed: Self = super::params_from_yaml(params)?;
         if parsed.min_numbers < 2
             || parsed.max_numbers < parsed.min_numbers
             || parsed.max_numbers > 6

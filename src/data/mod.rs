@@ -68,6 +68,25 @@ fn kind_of(value: &Value) -> &'static str {
     }
 }
 
+fn to_values<T: serde::Serialize>(items: Vec<T>) -> Result<Vec<Value>> {
+    items
+        .into_iter()
+        .map(|item| serde_json::to_value(item).context("serialising an item"))
+        .collect()
+}
+
+/// A generator's typed parameters from a task's `source.params` (unknown keys are
+/// rejected by the type's `deny_unknown_fields`).
+pub fn params_from_yaml<T: serde::de::DeserializeOwned>(
+    params: &std::collections::BTreeMap<String, serde_yaml::Value>,
+) -> Result<T> {
+    let mapping: serde_yaml::Mapping = params
+        .iter()
+        .map(|(k, v)| (serde_yaml::Value::String(k.clone()), v.clone()))
+        .collect();
+    Ok(serde_yaml::from_value(serde_yaml::Value::Mapping(mapping))?)
+}
+
 fn generate(generator: &str, task: &TaskConfig) -> Result<Vec<Value>> {
     let source = &task.source;
     let count = source.num_examples.unwrap_or(1000);
@@ -75,18 +94,12 @@ fn generate(generator: &str, task: &TaskConfig) -> Result<Vec<Value>> {
         "arithmetic" => {
             let params = arithmetic::ArithmeticParams::from_yaml(&source.params)
                 .with_context(|| format!("task `{}`: source.params", task.name))?;
-            arithmetic::generate(params, count, source.seed)
-                .into_iter()
-                .map(|item| serde_json::to_value(item).context("serialising an item"))
-                .collect()
+            to_values(arithmetic::generate(params, count, source.seed))
         }
         "countdown" => {
             let params = countdown::CountdownParams::from_yaml(&source.params)
                 .with_context(|| format!("task `{}`: source.params", task.name))?;
-            countdown::generate(params, count, source.seed)
-                .into_iter()
-                .map(|item| serde_json::to_value(item).context("serialising an item"))
-                .collect()
+            to_values(countdown::generate(params, count, source.seed))
         }
         "python_functions" => {
             if let Some(key) = source.params.keys().next() {
@@ -95,10 +108,7 @@ fn generate(generator: &str, task: &TaskConfig) -> Result<Vec<Value>> {
                     task.name
                 );
             }
-            functions::generate(count, source.seed)
-                .into_iter()
-                .map(|item| serde_json::to_value(item).context("serialising an item"))
-                .collect()
+            to_values(functions::generate(count, source.seed))
         }
         other => bail!(
             "task `{}`: unknown generator `{other}` (known: arithmetic, countdown, python_functions)",

@@ -39,6 +39,14 @@ impl Model {
         Ok(model)
     }
 
+    pub fn parameter_count(&self) -> i64 {
+        self.vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum()
+    }
+
     pub fn config(&self) -> &ModelConfig {
         &self.transformer.config
     }

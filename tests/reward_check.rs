@@ -249,12 +249,60 @@ fn gsm8k_and_math_tasks_read_local_rows() {
         let scored = run(&task_path, &options(Some(&given))).unwrap();
         assert_eq!(scored.means[0].1, 0.5, "{name}: one right, one wrong");
     }
-    // Parquet is named as unsupported rather than misread.
-    let error = rlvr::data::read_jsonl(&dir.path().join("train.parquet")).unwrap_err();
-    assert!(
-        error
-            .to_string()
-            .contains("parquet input is not supported yet"),
-        "{error}"
+    // The same GSM8K rows as parquet, the file format of Hugging Face datasets.
+    let parquet = dir.path().join("gsm8k.parquet");
+    write_parquet(&parquet, &gsm8k_rows);
+    assert_eq!(
+        rlvr::data::read_records(&parquet).unwrap(),
+        gsm8k_rows.to_vec()
     );
+    let shipped = std::fs::read_to_string(task("gsm8k.yaml")).unwrap();
+    let task_path = dir.path().join("gsm8k-parquet.yaml");
+    std::fs::write(
+        &task_path,
+        shipped.replace("path: data/gsm8k.jsonl", "path: gsm8k.parquet"),
+    )
+    .unwrap();
+    assert_eq!(run(&task_path, &options(None)).unwrap().means[0].1, 1.0);
+    // A file that is not parquet is an error that names it.
+    std::fs::write(dir.path().join("broken.parquet"), "not parquet").unwrap();
+    let error = rlvr::data::read_records(&dir.path().join("broken.parquet")).unwrap_err();
+    assert!(
+        format!("{error:#}").contains("broken.parquet: cannot open as parquet"),
+        "{error:#}"
+    );
+}
+
+/// Writes rows of string fields `question` and `answer` as a parquet file.
+fn write_parquet(path: &Path, rows: &[serde_json::Value]) {
+    use parquet::data_type::{ByteArray, ByteArrayType};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use parquet::schema::parser::parse_message_type;
+    let schema = parse_message_type(
+        "message rows { REQUIRED BYTE_ARRAY question (UTF8); REQUIRED BYTE_ARRAY answer (UTF8); }",
+    )
+    .unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = SerializedFileWriter::new(
+        file,
+        schema.into(),
+        WriterProperties::builder().build().into(),
+    )
+    .unwrap();
+    let mut group = writer.next_row_group().unwrap();
+    for field in ["question", "answer"] {
+        let mut column = group.next_column().unwrap().unwrap();
+        let values: Vec<ByteArray> = rows
+            .iter()
+            .map(|r| ByteArray::from(r[field].as_str().unwrap()))
+            .collect();
+        column
+            .typed::<ByteArrayType>()
+            .write_batch(&values, None, None)
+            .unwrap();
+        column.close().unwrap();
+    }
+    group.close().unwrap();
+    writer.close().unwrap();
 }

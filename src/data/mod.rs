@@ -14,7 +14,7 @@ use std::path::Path;
 pub fn load_records(task: &TaskConfig, task_dir: &Path) -> Result<Vec<Value>> {
     let source = &task.source;
     let mut records = match (&source.path, &source.generator) {
-        (Some(path), _) => read_jsonl(&task_dir.join(path))?,
+        (Some(path), _) => read_records(&task_dir.join(path))?,
         (None, Some(generator)) => generate(generator, task)?,
         (None, None) => bail!(
             "task `{}`: the source has neither a path nor a generator",
@@ -27,14 +27,33 @@ pub fn load_records(task: &TaskConfig, task_dir: &Path) -> Result<Vec<Value>> {
     Ok(records)
 }
 
+/// Records from a `.parquet` file (the format of Hugging Face datasets) or jsonl.
+pub fn read_records(path: &Path) -> Result<Vec<Value>> {
+    if path.extension().is_some_and(|e| e == "parquet") {
+        read_parquet(path)
+    } else {
+        read_jsonl(path)
+    }
+}
+
+/// Each parquet row as a JSON object (lists become arrays, structs objects).
+pub fn read_parquet(path: &Path) -> Result<Vec<Value>> {
+    use parquet::file::reader::SerializedFileReader;
+    let reader = SerializedFileReader::try_from(path)
+        .with_context(|| format!("{}: cannot open as parquet", path.display()))?;
+    reader
+        .into_iter()
+        .enumerate()
+        .map(|(index, row)| {
+            let row =
+                row.with_context(|| format!("{}: row {index} is unreadable", path.display()))?;
+            Ok(row.to_json_value())
+        })
+        .collect()
+}
+
 /// One JSON object per line; blank lines are skipped. Errors name the file and line.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Value>> {
-    if path.extension().is_some_and(|e| e == "parquet") {
-        bail!(
-            "{}: parquet input is not supported yet; convert it to jsonl",
-            path.display()
-        );
-    }
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut records = Vec::new();

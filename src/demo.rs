@@ -7,6 +7,7 @@ use crate::config::run::Dtype;
 use crate::config::{RunConfig, TaskConfig};
 use crate::data::arithmetic::{self, ArithmeticParams};
 use crate::model::{Model, ModelConfig};
+use crate::reward::{RewardSet, Sample};
 use crate::sample::{self, SamplingParams};
 use crate::tokenizer::{self, Message, Tokenizer};
 use anyhow::{Context, Result};
@@ -83,9 +84,66 @@ pub fn run(fresh: bool) -> Result<()> {
         println!("  → {text:?} ({:?})", completion.finish_reason);
     }
 
+    stage(7, "scoring with the task's verifiable rewards");
+    score_untrained(&model, &tokenizer, &held_out[..64], &params)?;
+
     println!("\nNot built yet (the demo grows as these land):");
     for stage in MISSING_STAGES {
         println!("  - {stage}");
+    }
+    Ok(())
+}
+
+/// One completion per held-out prompt, scored by tasks/arithmetic.yaml's rewards; an
+/// untrained model scores ~0, which is what training has to move.
+fn score_untrained(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    items: &[arithmetic::ArithmeticItem],
+    params: &SamplingParams,
+) -> Result<()> {
+    let task_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tasks/arithmetic.yaml");
+    let task = TaskConfig::load(&task_path)?;
+    let rewards = RewardSet::from_task(&task, task_path.parent().unwrap_or(Path::new(".")))?;
+    let prompts: Vec<Vec<i64>> = items
+        .iter()
+        .map(|item| {
+            let message = Message {
+                role: "user".into(),
+                content: item.question.clone(),
+            };
+            tokenizer.render_chat(&[message], true).map(|chat| chat.ids)
+        })
+        .collect::<Result<_>>()?;
+    let completions = sample::generate(&model.transformer, &prompts, params, None)?;
+    let texts: Vec<String> = completions
+        .iter()
+        .map(|c| tokenizer.decode(&c.token_ids, true))
+        .collect::<Result<_>>()?;
+    let records: Vec<serde_json::Value> = items
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<_, _>>()?;
+    let samples: Vec<Sample> = records
+        .iter()
+        .zip(items)
+        .zip(&texts)
+        .zip(&completions)
+        .map(|(((record, item), text), completion)| Sample {
+            record,
+            prompt: &item.question,
+            completion: text,
+            completion_tokens: completion.token_ids.len(),
+        })
+        .collect();
+    let scored = rewards.score_batch(&samples);
+    for (f, name) in rewards.names().iter().enumerate() {
+        let mean = scored.iter().map(|s| s.per_function[f].value).sum::<f64>()
+            / scored.len().max(1) as f64;
+        println!(
+            "  {name}: mean {mean:.3} over {} held-out prompts",
+            scored.len()
+        );
     }
     Ok(())
 }

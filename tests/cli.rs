@@ -210,3 +210,42 @@ fn sample_prints_n_completions_reproducibly() {
     assert!(!ok);
     assert!(stderr.contains("--prompt is empty"), "{stderr}");
 }
+
+#[test]
+fn demo_runs_the_built_stages_and_reuses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        let output = Command::new(env!("CARGO_BIN_EXE_rlvr"))
+            .arg("demo")
+            .current_dir(dir.path())
+            .output()
+            .expect("the rlvr binary runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let first = run();
+    for expected in [
+        "[demo 4] byte-level BPE tokenizer",
+        "[demo 7] scoring",
+        "math: mean",
+        "Not built yet",
+    ] {
+        assert!(first.contains(expected), "missing {expected:?}:\n{first}");
+    }
+    for file in [
+        "train.jsonl",
+        "held_out.jsonl",
+        "tokenizer.json",
+        "init/model.safetensors",
+        "init/config.json",
+        "init/tokenizer.json",
+    ] {
+        assert!(dir.path().join("runs/demo").join(file).exists(), "{file}");
+    }
+    // A second run reuses the stages and prints the same story.
+    assert_eq!(run(), first);
+}

@@ -2,6 +2,10 @@
 # first (idempotent; everything it downloads is cached in ~/.cache/rlvr).
 .PHONY: setup build demo test lint fmt bench
 
+# The cache the scripts and the binaries share (HOME may be unset under CI).
+HOME ?= $(shell getent passwd "$$(id -u)" | cut -d: -f6)
+export RLVR_CACHE ?= $(HOME)/.cache/rlvr
+
 setup:
 	@bash scripts/setup.sh
 

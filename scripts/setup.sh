@@ -11,6 +11,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# HOME may be unset in minimal environments (CI); fall back to the passwd entry.
+HOME=${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}
 CACHE=${RLVR_CACHE:-$HOME/.cache/rlvr}
 DEVICE=${RLVR_DEVICE:-cpu}
 TORCH_VERSION=2.13.0

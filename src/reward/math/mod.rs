@@ -17,6 +17,8 @@
 //! - the last-number fallback takes a trailing list (`4, 5, 6`) whole, so listing
 //!   candidates at the end of a completion does not pay either.
 
+#[cfg(test)]
+mod behaviour_tests;
 mod equivalence;
 mod expr;
 mod extract;

@@ -197,18 +197,9 @@ pub fn rewards(task_path: &std::path::Path, limit: Option<usize>) -> Result<()> 
     if let Some(limit) = limit {
         records.truncate(limit);
     }
-    let field = task
-        .reference_field
-        .clone()
-        .context("the task has no reference_field")?;
-    let completions: Vec<String> = records
-        .iter()
-        .map(|r| {
-            r.get(&field)
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_string()
-        })
+    let completions: Vec<String> = crate::reward::check::reference_completions(&task, &records)?
+        .into_iter()
+        .map(|(_, completion)| completion)
         .collect();
     let rewards = RewardSet::from_task(&task, task_dir)?;
     let samples: Vec<Sample> = records

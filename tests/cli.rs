@@ -5,10 +5,14 @@
 use std::process::Command;
 
 fn rlvr(args: &[&str]) -> (bool, String, String) {
+    rlvr_in(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), args)
+}
+
+fn rlvr_in(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_rlvr"))
         .args(args)
         .env_remove("LD_LIBRARY_PATH")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(dir)
         .output()
         .expect("the rlvr binary runs");
     (
@@ -215,17 +219,9 @@ fn sample_prints_n_completions_reproducibly() {
 fn demo_runs_the_built_stages_and_reuses_them() {
     let dir = tempfile::tempdir().unwrap();
     let run = || {
-        let output = Command::new(env!("CARGO_BIN_EXE_rlvr"))
-            .arg("demo")
-            .current_dir(dir.path())
-            .output()
-            .expect("the rlvr binary runs");
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        let (ok, stdout, stderr) = rlvr_in(dir.path(), &["demo"]);
+        assert!(ok, "{stderr}");
+        stdout
     };
     let first = run();
     for expected in [

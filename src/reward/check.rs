@@ -2,7 +2,6 @@
 //! completion (or over given completions) before a run starts, and reports means,
 //! verdicts, the slowest jobs and any infrastructure errors.
 
-use super::sandbox::Verdict;
 use super::{RewardSet, Sample, Scored};
 use crate::config::TaskConfig;
 use crate::data;
@@ -50,6 +49,7 @@ pub fn run(task_path: &Path, options: &CheckOptions) -> Result<CheckReport> {
             record: &records[*index],
             prompt: &prompts[*index],
             completion,
+            // No tokenizer here: words stand in for tokens (only `overlong` reads it).
             completion_tokens: completion.split_whitespace().count(),
         })
         .collect();
@@ -86,9 +86,7 @@ fn report(
     let mut verdicts: BTreeMap<String, usize> = BTreeMap::new();
     for score in scored.iter().flat_map(|s| &s.per_function) {
         if let Some(verdict) = score.verdict {
-            *verdicts
-                .entry(verdict_name(verdict).to_string())
-                .or_default() += 1;
+            *verdicts.entry(verdict.name().to_string()).or_default() += 1;
         }
     }
     if !verdicts.is_empty() {
@@ -157,18 +155,11 @@ fn one_line(text: &str) -> String {
     flat.chars().take(160).collect()
 }
 
-fn verdict_name(verdict: Verdict) -> &'static str {
-    match verdict {
-        Verdict::Pass => "pass",
-        Verdict::Fail => "fail",
-        Verdict::Timeout => "timeout",
-        Verdict::Memory => "memory",
-        Verdict::Error => "error",
-    }
-}
-
 /// Each record's reference completion, from the task's `reference_field`.
-fn reference_completions(task: &TaskConfig, records: &[Value]) -> Result<Vec<(usize, String)>> {
+pub(crate) fn reference_completions(
+    task: &TaskConfig,
+    records: &[Value],
+) -> Result<Vec<(usize, String)>> {
     let Some(field) = &task.reference_field else {
         bail!(
             "task `{}` has no `reference_field`; pass --completions FILE",

@@ -17,7 +17,6 @@ use rayon::prelude::*;
 use sandbox::{Limits, Runtime, Sandbox, Verdict};
 use serde::Serialize;
 use serde_json::Value;
-use std::sync::Arc;
 
 /// What a reward function is shown.
 pub struct Sample<'a> {
@@ -51,7 +50,9 @@ impl Score {
         }
     }
 
-    fn infra(error: impl std::fmt::Display) -> Self {
+    /// The grader failed (missing field, broken script, sandbox error): scores 0 and
+    /// is counted as an infrastructure error, never as a wrong answer.
+    pub(crate) fn infra(error: impl std::fmt::Display) -> Self {
         let message = error.to_string();
         Self {
             value: 0.0,
@@ -172,7 +173,6 @@ fn build(
                 .clone()
                 .unwrap_or_else(|| "entry_point".into()),
             setup_field: spec.setup_field.clone(),
-            sandbox: std::sync::OnceLock::new(),
         }),
         RewardKind::Script => {
             let path = task_dir.join(spec.script.as_deref().unwrap_or(std::path::Path::new("")));
@@ -208,8 +208,6 @@ struct CodeReward {
     tests_field: String,
     entry_point_field: String,
     setup_field: Option<String>,
-    /// Loaded on first use, so a task without code samples never compiles CPython.
-    sandbox: std::sync::OnceLock<Result<Arc<Sandbox>, sandbox::SandboxError>>,
 }
 
 impl RewardFunction for CodeReward {
@@ -237,12 +235,14 @@ impl RewardFunction for CodeReward {
             .as_ref()
             .and_then(|f| sample.record.get(f))
             .and_then(Value::as_str);
-        let sandbox = match self.sandbox.get_or_init(|| Sandbox::shared(self.runtime)) {
+        // Loaded on first use (and cached process-wide), so a task without code
+        // samples never compiles CPython.
+        let sandbox = match Sandbox::shared(self.runtime) {
             Ok(sandbox) => sandbox,
             Err(error) => return Score::infra(error),
         };
         match code::grade(
-            sandbox,
+            &sandbox,
             &program,
             &tests,
             code::TestContext { entry_point, setup },

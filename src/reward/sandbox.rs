@@ -85,6 +85,19 @@ pub enum Verdict {
     Error,
 }
 
+impl Verdict {
+    /// The lowercase name, as serialised.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::Timeout => "timeout",
+            Verdict::Memory => "memory",
+            Verdict::Error => "error",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Execution {
     pub verdict: Verdict,
@@ -241,8 +254,8 @@ impl Sandbox {
             .args(&self.runtime.argv(program))
             // Fixed "randomness": CPython seeds its string hashing and `random` from
             // it, and a different seed per run would change the instruction count.
-            .secure_random(Deterministic::new(fixed_random_bytes()))
-            .insecure_random(Deterministic::new(fixed_random_bytes()))
+            .secure_random(Deterministic::new(fixed_random_bytes().to_vec()))
+            .insecure_random(Deterministic::new(fixed_random_bytes().to_vec()))
             .insecure_random_seed(0)
             .stdin(MemoryInputPipe::new(stdin.to_vec()))
             .stdout(stdout.clone())
@@ -273,13 +286,13 @@ impl Sandbox {
         let memory_refused = store.data().memory.refused;
         drop(store);
 
-        let stdout_text = String::from_utf8_lossy(&stdout.contents()).into_owned();
-        let stderr_text = String::from_utf8_lossy(&stderr.contents()).into_owned();
+        let (stdout, stderr) = (stdout.contents(), stderr.contents());
+        let stdout_text = String::from_utf8_lossy(&stdout).into_owned();
+        let stderr_text = String::from_utf8_lossy(&stderr).into_owned();
         let (verdict, exit_code, reason) = classify(
             outcome,
             memory_refused,
-            &stdout,
-            &stderr,
+            (stdout.len(), stderr.len()),
             limits,
             &stderr_text,
         );
@@ -300,8 +313,7 @@ impl Sandbox {
 fn classify(
     outcome: wasmtime::Result<()>,
     memory_refused: bool,
-    stdout: &MemoryOutputPipe,
-    stderr: &MemoryOutputPipe,
+    (stdout_len, stderr_len): (usize, usize),
     limits: &Limits,
     stderr_text: &str,
 ) -> (Verdict, Option<i32>, String) {
@@ -309,14 +321,14 @@ fn classify(
         Ok(()) => Some(0),
         Err(e) => e.downcast_ref::<I32Exit>().map(|exit| exit.0),
     };
-    if stdout.contents().len() >= limits.stdout_bytes {
+    if stdout_len >= limits.stdout_bytes {
         return (
             Verdict::Error,
             exit_code,
             format!("stdout exceeded {} bytes", limits.stdout_bytes),
         );
     }
-    if stderr.contents().len() >= limits.stderr_bytes {
+    if stderr_len >= limits.stderr_bytes {
         return (
             Verdict::Error,
             exit_code,
@@ -374,17 +386,20 @@ fn classify(
 
 /// A fixed pseudo-random byte cycle (SplitMix64 from 0), long enough that guests
 /// seeding from it see no obvious pattern.
-fn fixed_random_bytes() -> Vec<u8> {
-    let mut state = 0u64;
-    (0..512)
-        .flat_map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            (z ^ (z >> 31)).to_le_bytes()
-        })
-        .collect()
+fn fixed_random_bytes() -> &'static [u8] {
+    static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
+    BYTES.get_or_init(|| {
+        let mut state = 0u64;
+        (0..512)
+            .flat_map(|_| {
+                state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                (z ^ (z >> 31)).to_le_bytes()
+            })
+            .collect()
+    })
 }
 
 /// WASI's `poll_oneoff` (behind `time.sleep` and `select`) blocks the host thread,

@@ -6,19 +6,17 @@
 //! infrastructure error. A timeout or memory verdict scores 0: a completion can cause
 //! those (an expression that explodes), so they are charged to the completion.
 
-use super::sandbox::{Limits, Runtime, Sandbox, SandboxError, Verdict, tail};
+use super::sandbox::{Limits, Runtime, Sandbox, Verdict, tail};
 use super::{RewardFunction, Sample, Score};
 use anyhow::{Context, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
 
 pub struct ScriptReward {
     path: PathBuf,
     source: String,
     runtime: Runtime,
     limits: Limits,
-    sandbox: OnceLock<Result<Arc<Sandbox>, SandboxError>>,
 }
 
 impl ScriptReward {
@@ -30,16 +28,11 @@ impl ScriptReward {
             source,
             runtime,
             limits,
-            sandbox: OnceLock::new(),
         })
     }
 
     fn failure(&self, what: &str) -> Score {
-        let message = format!("reward script {}: {what}", self.path.display());
-        Score {
-            infra_error: Some(message.clone()),
-            ..Score::new(0.0, message)
-        }
+        Score::infra(format!("reward script {}: {what}", self.path.display()))
     }
 }
 
@@ -51,7 +44,7 @@ impl RewardFunction for ScriptReward {
         };
         input.insert("prompt".into(), sample.prompt.into());
         input.insert("completion".into(), sample.completion.into());
-        let sandbox = match self.sandbox.get_or_init(|| Sandbox::shared(self.runtime)) {
+        let sandbox = match Sandbox::shared(self.runtime) {
             Ok(sandbox) => sandbox,
             Err(error) => return self.failure(&error.to_string()),
         };

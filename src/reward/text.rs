@@ -17,10 +17,7 @@ fn field_text(record: &Value, field: &str) -> Option<String> {
 }
 
 fn missing_field(field: &str) -> Score {
-    Score {
-        infra_error: Some(format!("the record has no `{field}` field")),
-        ..Score::new(0.0, format!("the record has no `{field}` field"))
-    }
+    Score::infra(format!("the record has no `{field}` field"))
 }
 
 pub struct MathReward {

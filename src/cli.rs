@@ -38,6 +38,12 @@ enum Command {
         #[arg(long)]
         fresh: bool,
     },
+    /// Pretrain a model on a text corpus (config: model.init or model.path, data).
+    Pretrain(TrainArgs),
+    /// Supervised fine-tuning on conversations, loss on assistant tokens (config: model, data).
+    Sft(TrainArgs),
+    /// Reinforcement learning against a task's rewards (config: model, task, rl).
+    Rl(TrainArgs),
     /// Show how a text splits into tokens and ids.
     Tokenize {
         /// A model folder or a tokenizer.json.
@@ -114,6 +120,33 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct TrainArgs {
+    config: PathBuf,
+    /// Continue the run from its last complete checkpoint.
+    #[arg(long, conflicts_with = "overwrite")]
+    resume: bool,
+    /// Delete what the run's folder holds and start again.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+impl TrainArgs {
+    fn start(
+        self,
+        run: fn(&RunConfig, crate::train::StartOptions) -> Result<PathBuf>,
+    ) -> Result<()> {
+        let config = RunConfig::load(&self.config)?;
+        let options = crate::train::StartOptions {
+            resume: self.resume,
+            overwrite: self.overwrite,
+        };
+        let model = run(&config, options)?;
+        println!("final model: {}", model.display());
+        Ok(())
+    }
+}
+
 #[derive(Subcommand)]
 enum BenchKind {
     /// Sampling tokens/s: KV cache vs no cache vs transformers' generate().
@@ -144,6 +177,9 @@ pub fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Check { files, quiet } => check(&files, quiet),
         Command::Env => print_env(),
+        Command::Pretrain(args) => args.start(crate::train::pretrain::run),
+        Command::Sft(args) => args.start(crate::train::sft::run),
+        Command::Rl(args) => args.start(crate::train::grpo::run),
         Command::Demo { fresh } => crate::demo::run(fresh),
         Command::Bench {
             kind:

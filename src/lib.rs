@@ -12,5 +12,7 @@ pub mod demo;
 pub mod inspect;
 pub mod model;
 pub mod reward;
+pub mod run;
 pub mod sample;
 pub mod tokenizer;
+pub mod train;

@@ -30,6 +30,9 @@ pub struct RunConfig {
     pub optim: OptimSection,
     #[serde(default)]
     pub train: TrainSection,
+    /// Training data for `pretrain` (text) and `sft` (conversations).
+    #[serde(default)]
+    pub data: Option<DataSection>,
     #[serde(default)]
     pub rl: Option<RlSection>,
 }
@@ -59,12 +62,73 @@ pub enum Dtype {
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
     /// A Hugging Face model folder (config.json, model.safetensors, tokenizer.json).
-    pub path: PathBuf,
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Instead of `path`: a new, randomly initialised Qwen2-shaped model (pretraining).
+    #[serde(default)]
+    pub init: Option<ModelInit>,
+    /// tokenizer.json for an `init` model; trained from the data first when missing
+    /// and `data.tokenizer_vocab_size` is set.
+    #[serde(default)]
+    pub tokenizer: Option<PathBuf>,
     #[serde(default)]
     pub dtype: Dtype,
     /// Frozen reference model for the KL term; defaults to the initial policy.
     #[serde(default)]
     pub reference: Option<PathBuf>,
+}
+
+/// The shape of a from-scratch model; the vocabulary comes from the tokenizer.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInit {
+    #[serde(deserialize_with = "positive_usize")]
+    pub hidden_size: usize,
+    #[serde(deserialize_with = "positive_usize")]
+    pub num_hidden_layers: usize,
+    #[serde(deserialize_with = "positive_usize")]
+    pub num_attention_heads: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBadRecord {
+    /// Stop with an error that names the record.
+    #[default]
+    Error,
+    /// Leave the record out and report how many were left out.
+    Skip,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Text (`.txt`: one document per line) or jsonl/parquet records.
+    pub path: PathBuf,
+    /// Field holding a document's text in jsonl records (pretraining).
+    #[serde(default = "default_text_field")]
+    pub text_field: String,
+    /// Field holding `[{role, content}]` conversations (SFT).
+    #[serde(default = "default_messages_field")]
+    pub messages_field: String,
+    /// Tokens per training sequence; longer conversations are cut.
+    #[serde(default = "default_max_length", deserialize_with = "positive_usize")]
+    pub max_length: usize,
+    /// Train a BPE tokenizer of this size on the data when `model.tokenizer` is missing.
+    #[serde(default)]
+    pub tokenizer_vocab_size: Option<usize>,
+}
+
+fn default_text_field() -> String {
+    "text".into()
+}
+
+fn default_messages_field() -> String {
+    "messages".into()
+}
+
+fn default_max_length() -> usize {
+    512
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -124,6 +188,10 @@ pub struct TrainSection {
     pub save_steps: usize,
     #[serde(deserialize_with = "positive_usize")]
     pub logging_steps: usize,
+    /// Steps between writes to samples.jsonl (RL); 0 never writes samples.
+    pub sample_log_steps: usize,
+    /// What to do with a data row that lacks a needed field.
+    pub on_bad_record: OnBadRecord,
 }
 
 impl Default for TrainSection {
@@ -134,6 +202,8 @@ impl Default for TrainSection {
             gradient_accumulation_steps: 1,
             save_steps: 0,
             logging_steps: 1,
+            sample_log_steps: 10,
+            on_bad_record: OnBadRecord::Error,
         }
     }
 }
@@ -256,7 +326,49 @@ impl RunConfig {
                 ),
             ));
         }
+        match (&self.model.path, &self.model.init) {
+            (Some(_), Some(_)) => {
+                return Err(fail(
+                    "model.init",
+                    "give either model.path (load) or model.init (new model), not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(fail(
+                    "model.path",
+                    "missing: give model.path (a model folder) or model.init (a new model)".into(),
+                ));
+            }
+            (None, Some(init)) => {
+                if init.hidden_size % init.num_attention_heads != 0 {
+                    return Err(fail(
+                        "model.init.num_attention_heads",
+                        format!(
+                            "must divide hidden_size ({}), got {}",
+                            init.hidden_size, init.num_attention_heads
+                        ),
+                    ));
+                }
+                if self.model.tokenizer.is_none() {
+                    return Err(fail(
+                        "model.tokenizer",
+                        "a new model (model.init) needs a tokenizer.json path".into(),
+                    ));
+                }
+            }
+            (Some(_), None) => {}
+        }
         if let Some(rl) = &self.rl {
+            if rl.num_iterations > 1 && !self.train.save_steps.is_multiple_of(rl.num_iterations) {
+                return Err(fail(
+                    "train.save_steps",
+                    format!(
+                        "must be a multiple of rl.num_iterations ({}) so that a checkpoint \
+                         never falls inside one generation batch's updates",
+                        rl.num_iterations
+                    ),
+                ));
+            }
             if rl.epsilon_high() < rl.epsilon {
                 return Err(fail(
                     "rl.epsilon_high",

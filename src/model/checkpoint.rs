@@ -54,13 +54,13 @@ impl Model {
     /// Writes the HF layout to `dir` atomically. `tokenizer` (a tokenizer.json) is
     /// copied in when given.
     pub fn save(&self, dir: &Path, tokenizer: Option<&Path>) -> Result<()> {
-        let staging = sibling(dir, "saving")?;
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging)?;
-        }
-        std::fs::create_dir_all(&staging)
-            .with_context(|| format!("cannot create {}", staging.display()))?;
+        let staging = staging_dir(dir)?;
+        self.write_files(&staging, tokenizer)?;
+        replace_dir(&staging, dir)
+    }
 
+    /// Writes the HF files into an existing folder (not atomic: see `save`).
+    pub fn write_files(&self, staging: &Path, tokenizer: Option<&Path>) -> Result<()> {
         let named: BTreeMap<String, Tensor> = self.vs.variables().into_iter().collect();
         let tensors: Vec<(&str, Tensor)> = named
             .iter()
@@ -91,8 +91,20 @@ impl Model {
             std::fs::copy(tokenizer, staging.join("tokenizer.json"))
                 .with_context(|| format!("cannot copy {}", tokenizer.display()))?;
         }
-        replace_dir(&staging, dir)
+        Ok(())
     }
+}
+
+/// A fresh, empty hidden folder beside `dir` to write a checkpoint into before
+/// `replace_dir` moves it into place.
+pub fn staging_dir(dir: &Path) -> Result<PathBuf> {
+    let staging = sibling(dir, "saving")?;
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    std::fs::create_dir_all(&staging)
+        .with_context(|| format!("cannot create {}", staging.display()))?;
+    Ok(staging)
 }
 
 fn kind_of(dtype: Dtype) -> Kind {
@@ -126,7 +138,7 @@ fn sibling(dir: &Path, suffix: &str) -> Result<PathBuf> {
 
 /// Moves `staging` to `dir`, replacing what is there; the old copy is removed only
 /// after the new one is in place.
-fn replace_dir(staging: &Path, dir: &Path) -> Result<()> {
+pub fn replace_dir(staging: &Path, dir: &Path) -> Result<()> {
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent)?;
     }

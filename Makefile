@@ -29,6 +29,7 @@ fmt:
 # Benchmarks print ratios against a baseline run in the same invocation; run them on a
 # quiet machine (a busy second process slows libtorch 10-50x on 2 cores).
 bench: setup
-	@bash scripts/python-env.sh >/dev/null || echo "[bench] no Python with transformers: its baseline will be skipped"
+	@RLVR_WITH_TRL=1 bash scripts/python-env.sh >/dev/null || echo "[bench] no Python with transformers/TRL: those baselines will be skipped"
 	cargo run --quiet -- bench sample
 	cargo run --quiet -- bench rewards
+	cargo run --quiet -- bench rl

@@ -15,6 +15,7 @@
 #
 #   RLVR_CACHE=DIR   cache location (default ~/.cache/rlvr); the venv is DIR/pyenv
 #   PYTHON=python3   interpreter for the venv (3.10+)
+#   RLVR_WITH_TRL=1  also install TRL 1.16 (for `rlvr bench rl`), about 20 s once
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -72,6 +73,31 @@ typer==0.29.2
 typing-inspection==0.4.5
 "
 
+# TRL and what it needs beyond the list above, installed with --no-deps so that pip
+# does not pull torch's CUDA dependencies.
+TRL_REQUIREMENTS="
+trl==1.16.0
+accelerate==1.15.0
+datasets==5.2.0
+dill==0.4.1
+multiprocess==0.70.19
+pandas==3.1.1
+psutil==7.2.2
+pyarrow==26.0.1
+python-dateutil==4.0.0
+tzdata==2026.6
+xxhash==4.1.0
+"
+
+with_trl() {
+    [ "${RLVR_WITH_TRL:-0}" = 1 ] || return 0
+    "$PY" -c 'import trl' >/dev/null 2>&1 && return 0
+    say "installing TRL into $VENV"
+    # shellcheck disable=SC2086
+    "$PY" -m pip install --quiet --disable-pip-version-check --no-deps $TRL_REQUIREMENTS >&2
+    "$PY" -c 'from trl import GRPOTrainer' >&2 || die "TRL does not import in $VENV"
+}
+
 # --- torch (from scripts/setup.sh) ---------------------------------------------------
 if [ ! -f "$TORCH_DIR/torch/lib/libtorch_cpu.so" ]; then
     say "no torch in $TORCH_DIR: running scripts/setup.sh"
@@ -91,6 +117,7 @@ want_stamp=$(printf '%s\n%s\n' "$TORCH_DIR" "$REQUIREMENTS" | sha256sum | cut -d
 stamp="$VENV/.rlvr-stamp"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want_stamp" ] \
     && "$PY" -c 'import torch, transformers' >/dev/null 2>&1; then
+    with_trl
     echo "$PY"
     exit 0
 fi
@@ -230,4 +257,5 @@ printf '%s\n%s\n' "$TORCH_DIR" "import rlvr_cuda_stubs" >"$SITE/rlvr-torch.pth"
     || die "import torch, transformers fails in $VENV"
 echo "$want_stamp" >"$stamp"
 say "ready: torch $("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null), transformers $("$PY" -c 'import transformers; print(transformers.__version__)' 2>/dev/null)"
+with_trl
 echo "$PY"

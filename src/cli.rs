@@ -163,6 +163,15 @@ enum BenchKind {
         #[arg(long, default_value_t = 3)]
         repeats: usize,
     },
+    /// Seconds per GRPO step (sample / score / update) vs TRL's GRPOTrainer.
+    Rl {
+        #[arg(long, default_value_t = 8)]
+        steps: usize,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
     /// Graded jobs/s in the wasm sandbox vs a native python3 subprocess per job.
     Rewards {
         #[arg(long, default_value = "tasks/humaneval.yaml")]
@@ -221,8 +230,20 @@ pub fn main() -> ExitCode {
             })
         }
         Command::Bench {
+            kind:
+                BenchKind::Rl {
+                    steps,
+                    warmup,
+                    threads,
+                },
+        } => crate::bench::rl::rl(&crate::bench::rl::RlBench {
+            steps,
+            warmup,
+            threads,
+        }),
+        Command::Bench {
             kind: BenchKind::Rewards { task, limit },
-        } => crate::bench::rewards(&task, limit),
+        } => crate::bench::rewards::rewards(&task, limit),
         Command::Tokenize { tokenizer, text } => inspect::tokenize(&tokenizer, &text),
         Command::Logprobs {
             model,

@@ -185,9 +185,20 @@ impl Grpo {
         *timing.entry("time/sample".into()).or_default() += started.elapsed().as_secs_f64();
 
         let started = Instant::now();
+        // Checkpoints often pad the embedding past the tokenizer (Qwen2: 151936 rows for
+        // 151665 tokens); ids there have no text and decode to nothing.
+        let known = self.tokenizer.vocab_size() as i64;
         let texts: Vec<String> = completions
             .iter()
-            .map(|c| self.tokenizer.decode(&c.token_ids, true))
+            .map(|c| {
+                let ids: Vec<i64> = c
+                    .token_ids
+                    .iter()
+                    .copied()
+                    .filter(|&id| id < known)
+                    .collect();
+                self.tokenizer.decode(&ids, true)
+            })
             .collect::<Result<_>>()?;
         let owners: Vec<usize> = picks
             .iter()
@@ -271,10 +282,12 @@ impl Grpo {
             metrics.insert("dynamic_sampling/flat_groups".into(), dropped as f64);
         }
         self.reward_metrics(&rollouts, &mut metrics);
+        let started = Instant::now();
         let ref_logprobs = match &self.reference {
             Some(reference) => Some(self.reference_logprobs(reference, &rollouts)?),
             None => None,
         };
+        metrics.insert("time/reference".into(), started.elapsed().as_secs_f64());
         Ok(GenerationBatch {
             rollouts,
             ref_logprobs,

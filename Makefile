@@ -17,6 +17,7 @@ demo: setup
 
 test: setup
 	@bash scripts/python-env.sh >/dev/null || echo "[test] no Python with transformers: the transformers round-trip test will skip"
+	@bash scripts/chromium.sh
 	cargo test --all-targets
 
 lint: setup

@@ -44,6 +44,31 @@ enum Command {
     Sft(TrainArgs),
     /// Reinforcement learning against a task's rewards (config: model, task, rl).
     Rl(TrainArgs),
+    /// Evaluate a checkpoint on a task: greedy accuracy, pass@k, maj@k, rewards, length.
+    Eval {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        task: PathBuf,
+        #[command(flatten)]
+        settings: EvalArgs,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare checkpoints on the same items and seeds (the first is the baseline):
+    /// Wilson intervals, McNemar test, paired bootstrap, and an HTML report.
+    Compare {
+        #[arg(required = true, num_args = 2..)]
+        models: Vec<PathBuf>,
+        #[arg(long)]
+        task: PathBuf,
+        #[command(flatten)]
+        settings: EvalArgs,
+        /// Where to write the HTML report.
+        #[arg(long, default_value = "runs/compare/report.html")]
+        report: PathBuf,
+    },
     /// Show how a text splits into tokens and ids.
     Tokenize {
         /// A model folder or a tokenizer.json.
@@ -121,6 +146,34 @@ enum Command {
 }
 
 #[derive(clap::Args)]
+struct EvalArgs {
+    /// Only the first N items.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Samples per item for pass@k and maj@k (0: greedy only).
+    #[arg(long, default_value_t = 8)]
+    samples: usize,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl EvalArgs {
+    fn settings(&self) -> crate::eval::EvalSettings {
+        crate::eval::EvalSettings {
+            limit: self.limit,
+            samples: self.samples,
+            temperature: self.temperature,
+            max_new_tokens: self.max_new_tokens,
+            seed: self.seed,
+        }
+    }
+}
+
+#[derive(clap::Args)]
 struct TrainArgs {
     config: PathBuf,
     /// Continue the run from its last complete checkpoint.
@@ -186,6 +239,29 @@ pub fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Check { files, quiet } => check(&files, quiet),
         Command::Env => print_env(),
+        Command::Eval {
+            model,
+            task,
+            settings,
+            json,
+        } => crate::eval::evaluate(&model, &task, &settings.settings()).map(|evaluation| {
+            if json {
+                println!("{}", crate::eval::summary_json(&evaluation.summary));
+            } else {
+                crate::eval::print_summary(&evaluation.summary);
+            }
+        }),
+        Command::Compare {
+            models,
+            task,
+            settings,
+            report,
+        } => crate::compare::compare(&models, &task, &settings.settings()).and_then(|comparison| {
+            crate::compare::print_table(&comparison);
+            crate::compare::report::write(&comparison, &report)?;
+            println!("report: {}", report.display());
+            Ok(())
+        }),
         Command::Pretrain(args) => args.start(crate::train::pretrain::run),
         Command::Sft(args) => args.start(crate::train::sft::run),
         Command::Rl(args) => args.start(crate::train::grpo::run),

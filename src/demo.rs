@@ -1,33 +1,34 @@
-//! `rlvr demo`: the end-to-end story, from nothing to an RL-improved tiny model and a
-//! comparison report, offline. Stages land one by one; until all exist the demo runs
-//! the ones that do and says plainly which are still missing. A finished stage is
-//! reused unless `--fresh`.
+//! `rlvr demo`: the end-to-end story, offline on a CPU: synthetic arithmetic data, a
+//! BPE tokenizer, pretraining a tiny model, SFT, GRPO, and SFT versus RL on held-out
+//! items with a report. Each training stage has its config in `configs/demo/` and can
+//! be rerun alone; a finished stage is reused unless `--fresh`.
 
-use crate::config::run::Dtype;
+use crate::compare;
 use crate::config::{RunConfig, TaskConfig};
 use crate::data::arithmetic::{self, ArithmeticParams};
-use crate::model::{Model, ModelConfig};
-use crate::reward::{RewardSet, Sample};
-use crate::sample::{self, SamplingParams};
-use crate::tokenizer::{self, Message, Tokenizer};
+use crate::eval::EvalSettings;
+use crate::tokenizer::{Message, Tokenizer};
+use crate::train::{self, StartOptions};
 use anyhow::{Context, Result};
+use serde_json::json;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use tch::Device;
+use std::time::Instant;
 
 const DEMO_DIR: &str = "runs/demo";
 const TRAIN_ITEMS: usize = 5000;
 const HELD_OUT_ITEMS: usize = 500;
+const HELD_OUT_TASK: &str = "tasks/arithmetic-held-out.yaml";
+const EVAL_SAMPLES: usize = 4;
 const VOCAB_SIZE: usize = 400;
 
-/// Stages of the full demo that are not built yet, in data-flow order.
-const MISSING_STAGES: &[&str] = &[
-    "pretrain the tiny model on the task corpus",
-    "SFT with the chat template",
-    "GRPO against the verifiable rewards",
-    "compare SFT and RL on the held-out items and write runs/demo/report.html",
-];
-
 pub fn run(fresh: bool) -> Result<()> {
+    // The stage configs name paths relative to the folder holding configs/demo/: the
+    // current one when it has them (a user's copy), else this repository.
+    if !Path::new("configs/demo").is_dir() {
+        std::env::set_current_dir(env!("CARGO_MANIFEST_DIR"))?;
+    }
+    let started = Instant::now();
     let dir = PathBuf::from(DEMO_DIR);
     if fresh && dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
@@ -44,108 +45,82 @@ pub fn run(fresh: bool) -> Result<()> {
     let (train, held_out) = write_task_data(&dir)?;
 
     stage(4, "byte-level BPE tokenizer");
-    let tokenizer_path = dir.join("tokenizer.json");
-    let tokenizer = train_tokenizer(&train, &tokenizer_path)?;
+    train_tokenizer(&train, &dir.join("tokenizer.json"))?;
 
-    stage(
-        5,
-        "tiny Qwen2-shaped model (random init, Hugging Face layout)",
-    );
-    let model_dir = dir.join("init");
-    if !model_dir.join("model.safetensors").exists() {
-        tch::manual_seed(0);
-        let config = ModelConfig::tiny_qwen2(tokenizer.vocab_size(), 64, 2, 4);
-        Model::random(&config, Device::Cpu, Dtype::F32)?.save(&model_dir, Some(&tokenizer_path))?;
-    }
-    let model = Model::load(&model_dir, Device::Cpu, Dtype::F32)?;
-    let parameters = model.parameter_count();
-    println!("  {} ({parameters} parameters)", model_dir.display());
+    stage(5, "pretraining a tiny Qwen2-shaped model on the corpus");
+    run_stage("configs/demo/pretrain.yaml", train::pretrain::run)?;
+    stage(6, "SFT on conversations with the chat template");
+    let sft = run_stage("configs/demo/sft.yaml", train::sft::run)?;
+    stage(7, "GRPO against the task's verifiable rewards");
+    let rl = run_stage("configs/demo/grpo.yaml", train::grpo::run)?;
 
-    stage(6, "sampling from the untrained model");
-    let question = &held_out[0].question;
-    let message = Message {
-        role: "user".into(),
-        content: question.clone(),
-    };
-    let prompt = tokenizer.render_chat(&[message], true)?.ids;
-    let params = SamplingParams {
-        max_new_tokens: 24,
-        stop_token_ids: tokenizer.token_id(tokenizer::END).into_iter().collect(),
-        seed: 0,
-        ..SamplingParams::default()
-    };
-    let completions = sample::generate(&model.transformer, &vec![prompt; 4], &params, None)?;
+    stage(8, "SFT versus RL on the held-out items");
     println!(
-        "  prompt: {question}  (expected answer {})",
-        held_out[0].answer
+        "  {} held-out items, none of them in the training set",
+        held_out.len()
     );
-    for completion in &completions {
-        let text = tokenizer.decode(&completion.token_ids, false)?;
-        println!("  → {text:?} ({:?})", completion.finish_reason);
-    }
+    let settings = EvalSettings {
+        samples: EVAL_SAMPLES,
+        max_new_tokens: 64,
+        ..EvalSettings::default()
+    };
+    let comparison = compare::compare(&[sft, rl], Path::new(HELD_OUT_TASK), &settings)?;
+    compare::print_table(&comparison);
+    let report = dir.join("report.html");
+    compare::report::write(&comparison, &report)?;
 
-    stage(7, "scoring with the task's verifiable rewards");
-    score_untrained(&model, &tokenizer, &held_out[..64], &params)?;
-
-    println!("\nNot built yet (the demo grows as these land):");
-    for stage in MISSING_STAGES {
-        println!("  - {stage}");
-    }
+    let (base, tuned) = (&comparison.entries[0], &comparison.entries[1]);
+    let paired = &comparison.paired[0];
+    println!(
+        "\nRL {:.1}% vs SFT {:.1}% greedy accuracy on {} held-out items: {:+.1} points \
+         (95% paired bootstrap [{:+.1}, {:+.1}]), McNemar exact p = {:.1e}",
+        tuned.evaluation.summary.accuracy * 100.0,
+        base.evaluation.summary.accuracy * 100.0,
+        base.evaluation.summary.items,
+        paired.difference * 100.0,
+        paired.bootstrap_interval.0 * 100.0,
+        paired.bootstrap_interval.1 * 100.0,
+        paired.p_value
+    );
+    println!("report: {}", report.display());
+    println!("demo finished in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
-/// One completion per held-out prompt, scored by tasks/arithmetic.yaml's rewards; an
-/// untrained model scores ~0, which is what training has to move.
-fn score_untrained(
-    model: &Model,
-    tokenizer: &Tokenizer,
-    items: &[arithmetic::ArithmeticItem],
-    params: &SamplingParams,
-) -> Result<()> {
-    let task_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tasks/arithmetic.yaml");
-    let task = TaskConfig::load(&task_path)?;
-    let rewards = RewardSet::from_task(&task, task_path.parent().unwrap_or(Path::new(".")))?;
-    let prompts: Vec<Vec<i64>> = items
+/// Runs one training stage from its config, or reuses its final model; a stage that
+/// was interrupted continues from its last checkpoint.
+fn run_stage(
+    config_path: &str,
+    run: fn(&RunConfig, StartOptions) -> Result<PathBuf>,
+) -> Result<PathBuf> {
+    let config = RunConfig::load(Path::new(config_path))?;
+    let model = config.run_dir().join("model");
+    if model.join("model.safetensors").exists() {
+        println!("  reusing {} (pass --fresh to retrain)", model.display());
+        return Ok(model);
+    }
+    let started = Instant::now();
+    let options = StartOptions {
+        resume: true,
+        overwrite: false,
+    };
+    let model = run(&config, options)?;
+    let metrics = crate::run::RunDir::read_metrics(&config.run_dir())?;
+    let last = metrics.last().cloned().unwrap_or_default();
+    let shown: Vec<String> = ["loss", "reward", "accuracy"]
         .iter()
-        .map(|item| {
-            let message = Message {
-                role: "user".into(),
-                content: item.question.clone(),
-            };
-            tokenizer.render_chat(&[message], true).map(|chat| chat.ids)
-        })
-        .collect::<Result<_>>()?;
-    let completions = sample::generate(&model.transformer, &prompts, params, None)?;
-    let texts: Vec<String> = completions
-        .iter()
-        .map(|c| tokenizer.decode(&c.token_ids, true))
-        .collect::<Result<_>>()?;
-    let records: Vec<serde_json::Value> = items
-        .iter()
-        .map(serde_json::to_value)
-        .collect::<Result<_, _>>()?;
-    let samples: Vec<Sample> = records
-        .iter()
-        .zip(items)
-        .zip(&texts)
-        .zip(&completions)
-        .map(|(((record, item), text), completion)| Sample {
-            record,
-            prompt: &item.question,
-            completion: text,
-            completion_tokens: completion.token_ids.len(),
+        .filter_map(|k| {
+            let value = last.get(*k)?.as_f64()?;
+            Some(format!("{k} {value:.3}"))
         })
         .collect();
-    let scored = rewards.score_batch(&samples);
-    for (f, name) in rewards.names().iter().enumerate() {
-        let mean = scored.iter().map(|s| s.per_function[f].value).sum::<f64>()
-            / scored.len().max(1) as f64;
-        println!(
-            "  {name}: mean {mean:.3} over {} held-out prompts",
-            scored.len()
-        );
-    }
-    Ok(())
+    println!(
+        "  {} in {:.0} s; last step: {}",
+        model.display(),
+        started.elapsed().as_secs_f64(),
+        shown.join(", ")
+    );
+    Ok(model)
 }
 
 fn stage(number: usize, title: &str) {
@@ -178,24 +153,57 @@ fn check_shipped_configs() -> Result<()> {
 
 type Items = Vec<arithmetic::ArithmeticItem>;
 
-/// Train and held-out items from disjoint seeds, saved as jsonl.
+/// Train and held-out items (different seeds, and no held-out question that is also a
+/// training question), the pretraining corpus and the SFT conversations.
 fn write_task_data(dir: &Path) -> Result<(Items, Items)> {
     let params = ArithmeticParams {
         min_digits: 1,
         max_digits: 3,
     };
     let train = arithmetic::generate(params, TRAIN_ITEMS, 1);
-    let held_out = arithmetic::generate(params, HELD_OUT_ITEMS, 2);
-    for (name, items) in [("train.jsonl", &train), ("held_out.jsonl", &held_out)] {
+    let seen: HashSet<&str> = train.iter().map(|i| i.question.as_str()).collect();
+    let held_out: Items = arithmetic::generate(params, HELD_OUT_ITEMS * 2, 2)
+        .into_iter()
+        .filter(|i| !seen.contains(i.question.as_str()))
+        .take(HELD_OUT_ITEMS)
+        .collect();
+    let json_lines = |items: &Items| -> Result<Vec<String>> {
+        Ok(items
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<_, _>>()?)
+    };
+    let corpus = train
+        .iter()
+        .map(|i| format!("{} {}", i.question, i.solution))
+        .collect();
+    let conversations = train
+        .iter()
+        .map(|i| {
+            let messages = [
+                Message {
+                    role: "user".into(),
+                    content: i.question.clone(),
+                },
+                Message {
+                    role: "assistant".into(),
+                    content: i.solution.clone(),
+                },
+            ];
+            json!({ "messages": messages }).to_string()
+        })
+        .collect();
+    for (name, lines) in [
+        ("train.jsonl", json_lines(&train)?),
+        ("held_out.jsonl", json_lines(&held_out)?),
+        ("corpus.txt", corpus),
+        ("sft.jsonl", conversations),
+    ] {
         let path = dir.join(name);
         if !path.exists() {
-            let lines: Vec<String> = items
-                .iter()
-                .map(serde_json::to_string)
-                .collect::<Result<_, _>>()?;
             std::fs::write(&path, lines.join("\n") + "\n")?;
         }
-        println!("  {} ({} items)", path.display(), items.len());
+        println!("  {} ({} lines)", path.display(), lines.len());
     }
     println!("  e.g. {} → {}", train[0].question, train[0].solution);
     Ok((train, held_out))

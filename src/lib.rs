@@ -6,9 +6,11 @@
 pub mod bench;
 pub mod cache;
 pub mod cli;
+pub mod compare;
 pub mod config;
 pub mod data;
 pub mod demo;
+pub mod eval;
 pub mod inspect;
 pub mod model;
 pub mod reward;

@@ -216,8 +216,52 @@ fn sample_prints_n_completions_reproducibly() {
 }
 
 #[test]
-fn demo_runs_the_built_stages_and_reuses_them() {
+fn demo_runs_every_stage_and_reuses_them() {
+    // The real stage configs with tiny models and few steps, in a scratch folder.
     let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(dir.path().join("configs/demo")).unwrap();
+    std::fs::create_dir_all(dir.path().join("tasks")).unwrap();
+    for task in ["arithmetic.yaml", "arithmetic-held-out.yaml"] {
+        std::fs::copy(
+            root.join("tasks").join(task),
+            dir.path().join("tasks").join(task),
+        )
+        .unwrap();
+    }
+    let shrink = |name: &str, edits: &[(&str, &str)]| {
+        let mut text = std::fs::read_to_string(root.join("configs/demo").join(name)).unwrap();
+        for (key, value) in edits {
+            let line = text
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("{key}:")))
+                .unwrap_or_else(|| panic!("{name} has no {key}"))
+                .to_string();
+            let indent = &line[..line.len() - line.trim_start().len()];
+            text = text.replace(&line, &format!("{indent}{key}: {value}"));
+        }
+        std::fs::write(dir.path().join("configs/demo").join(name), text).unwrap();
+    };
+    shrink(
+        "pretrain.yaml",
+        &[
+            (
+                "init",
+                "{hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 4}",
+            ),
+            ("max_steps", "3"),
+            ("batch_size", "4"),
+        ],
+    );
+    shrink("sft.yaml", &[("max_steps", "3"), ("batch_size", "4")]);
+    shrink(
+        "grpo.yaml",
+        &[
+            ("max_steps", "2"),
+            ("prompts_per_step", "2"),
+            ("max_completion_length", "8"),
+        ],
+    );
     let run = || {
         let (ok, stdout, stderr) = rlvr_in(dir.path(), &["demo"]);
         assert!(ok, "{stderr}");
@@ -226,22 +270,34 @@ fn demo_runs_the_built_stages_and_reuses_them() {
     let first = run();
     for expected in [
         "[demo 4] byte-level BPE tokenizer",
-        "[demo 7] scoring",
-        "math: mean",
-        "Not built yet",
+        "[demo 5] pretraining",
+        "[demo 7] GRPO",
+        "greedy accuracy on 500 held-out items",
+        "McNemar exact p",
     ] {
         assert!(first.contains(expected), "missing {expected:?}:\n{first}");
     }
     for file in [
         "train.jsonl",
         "held_out.jsonl",
+        "corpus.txt",
+        "sft.jsonl",
         "tokenizer.json",
-        "init/model.safetensors",
-        "init/config.json",
-        "init/tokenizer.json",
+        "pretrain/model/model.safetensors",
+        "sft/model/config.json",
+        "grpo/model/tokenizer.json",
+        "grpo/metrics.jsonl",
+        "report.html",
     ] {
         assert!(dir.path().join("runs/demo").join(file).exists(), "{file}");
     }
-    // A second run reuses the stages and prints the same story.
-    assert_eq!(run(), first);
+    // A second run reuses every stage and the saved evaluations.
+    let second = run();
+    assert_eq!(second.matches("reusing").count(), 3, "{second}");
+    let summary = |out: &str| {
+        out.lines()
+            .find(|l| l.contains("held-out items:"))
+            .map(String::from)
+    };
+    assert_eq!(summary(&second), summary(&first));
 }

@@ -417,3 +417,33 @@ fn a_diverging_run_stops_and_keeps_its_last_checkpoint() {
     assert!(step < 20);
     Model::load(&last, tch::Device::Cpu, Dtype::F32).expect("the kept checkpoint loads");
 }
+
+#[test]
+fn training_logprobs_equal_the_samplers() {
+    use rlvr::sample::{SamplingParams, generate};
+    use rlvr::train::batch::completion_logprobs;
+    let dir = tempfile::tempdir().unwrap();
+    let model = Model::load(&tiny_model(dir.path()), tch::Device::Cpu, Dtype::F32).unwrap();
+    let prompts: Vec<Vec<i64>> = vec![vec![5, 9, 12], vec![7], vec![3, 4, 5, 6, 8]];
+    let params = SamplingParams {
+        max_new_tokens: 7,
+        temperature: 0.7,
+        stop_token_ids: vec![10, 11, 12],
+        seed: 3,
+        ..SamplingParams::default()
+    };
+    let completions = generate(&model.transformer, &prompts, &params, None).unwrap();
+    let p: Vec<&[i64]> = prompts.iter().map(Vec::as_slice).collect();
+    let c: Vec<&[i64]> = completions.iter().map(|c| c.token_ids.as_slice()).collect();
+    let (logprobs, _) =
+        tch::no_grad(|| completion_logprobs(&model.transformer, &p, &c, 0.7)).unwrap();
+    for (row, completion) in completions.iter().enumerate() {
+        for (t, &expected) in completion.logprobs.iter().enumerate() {
+            let got = logprobs.double_value(&[row as i64, t as i64]);
+            assert!(
+                (got - expected as f64).abs() < 1e-4,
+                "row {row} token {t}: forward {got} vs sampler {expected}"
+            );
+        }
+    }
+}

@@ -11,6 +11,8 @@ pub struct ArithmeticItem {
     /// Digit-by-digit working, ending in `#### <answer>`.
     pub solution: String,
     pub answer: String,
+    /// `N-digit`, N the longer operand's length (for accuracy per category).
+    pub category: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -90,6 +92,7 @@ pub fn addition(a: u64, b: u64) -> ArithmeticItem {
         question: format!("What is {a} + {b}?"),
         solution: format!("{} #### {answer}", steps.join(", ")),
         answer,
+        category: format!("{}-digit", a.max(b).to_string().len()),
     }
 }
 

@@ -49,7 +49,10 @@ pub fn run(fresh: bool) -> Result<()> {
 
     stage(5, "pretraining a tiny Qwen2-shaped model on the corpus");
     run_stage("configs/demo/pretrain.yaml", train::pretrain::run)?;
-    stage(6, "SFT on conversations with the chat template");
+    stage(
+        6,
+        "SFT on conversations with the chat template (only 40% of them state the final answer)",
+    );
     let sft = run_stage("configs/demo/sft.yaml", train::sft::run)?;
     stage(7, "GRPO against the task's verifiable rewards");
     let rl = run_stage("configs/demo/grpo.yaml", train::grpo::run)?;
@@ -179,7 +182,8 @@ fn write_task_data(dir: &Path) -> Result<(Items, Items)> {
         .collect();
     let conversations = train
         .iter()
-        .map(|i| {
+        .enumerate()
+        .map(|(n, i)| {
             let messages = [
                 Message {
                     role: "user".into(),
@@ -187,7 +191,7 @@ fn write_task_data(dir: &Path) -> Result<(Items, Items)> {
                 },
                 Message {
                     role: "assistant".into(),
-                    content: i.solution.clone(),
+                    content: demonstration(n, &i.solution),
                 },
             ];
             json!({ "messages": messages }).to_string()
@@ -207,6 +211,22 @@ fn write_task_data(dir: &Path) -> Result<(Items, Items)> {
     }
     println!("  e.g. {} → {}", train[0].question, train[0].solution);
     Ok((train, held_out))
+}
+
+/// The SFT demonstrations state the final answer (`#### N`) in only 2 of every 5
+/// conversations, as scraped solutions often leave it implicit. SFT copies the habit:
+/// greedy decoding then ends after the worked steps with no answer the verifier
+/// accepts. GRPO is rewarded only for explicit, correct answers and learns to give them.
+fn demonstration(index: usize, solution: &str) -> String {
+    if index % 5 < 2 {
+        solution.to_string()
+    } else {
+        solution
+            .split(" ####")
+            .next()
+            .unwrap_or(solution)
+            .to_string()
+    }
 }
 
 fn train_tokenizer(train: &Items, path: &Path) -> Result<Tokenizer> {

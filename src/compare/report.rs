@@ -141,7 +141,9 @@ fn pass_at_k_plot(comparison: &Comparison) -> String {
     let series: Vec<Series> = comparison
         .entries
         .iter()
-        .map(|e| Series {
+        .enumerate()
+        .map(|(i, e)| Series {
+            colour: i,
             name: e.label.clone(),
             points: e
                 .evaluation
@@ -194,13 +196,14 @@ fn category_plot(comparison: &Comparison) -> Option<String> {
 }
 
 fn training_curves(comparison: &Comparison) -> Vec<String> {
-    let runs: Vec<(String, Vec<serde_json::Value>)> = comparison
+    let runs: Vec<(usize, String, Vec<serde_json::Value>)> = comparison
         .entries
         .iter()
-        .filter_map(|e| {
+        .enumerate()
+        .filter_map(|(i, e)| {
             let run_dir = e.evaluation.summary.model.parent()?;
             let rows = crate::run::RunDir::read_metrics(run_dir).ok()?;
-            Some((e.label.clone(), rows))
+            Some((i, e.label.clone(), rows))
         })
         .collect();
     CURVES
@@ -208,7 +211,7 @@ fn training_curves(comparison: &Comparison) -> Vec<String> {
         .filter_map(|(key, title)| {
             let series: Vec<Series> = runs
                 .iter()
-                .filter_map(|(label, rows)| {
+                .filter_map(|(colour, label, rows)| {
                     let points: Vec<(f64, f64)> = rows
                         .iter()
                         .filter_map(|r| Some((r["step"].as_f64()?, r.get(*key)?.as_f64()?)))
@@ -216,6 +219,7 @@ fn training_curves(comparison: &Comparison) -> Vec<String> {
                     (!points.is_empty()).then(|| Series {
                         name: label.clone(),
                         points,
+                        colour: *colour,
                     })
                 })
                 .collect();

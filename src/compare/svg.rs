@@ -17,6 +17,8 @@ pub const COLOURS: [&str; 6] = [
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
+    /// Index into COLOURS, so that a model keeps its colour across plots.
+    pub colour: usize,
 }
 
 fn escape(text: &str) -> String {
@@ -66,15 +68,15 @@ fn axes(out: &mut String, x_label: &str, y_label: &str, (y_min, y_max): (f64, f6
     );
 }
 
-fn legend(out: &mut String, names: &[&str]) {
-    for (i, name) in names.iter().enumerate() {
+fn legend(out: &mut String, names: &[(&str, usize)]) {
+    for (i, &(name, colour)) in names.iter().enumerate() {
         let y = TOP + 4.0 + 14.0 * i as f64;
         let _ = write!(
             out,
             r#"<rect x="{}" y="{}" width="10" height="10" fill="{}"/><text x="{}" y="{}">{}</text>"#,
             WIDTH - RIGHT - 120.0,
             y,
-            COLOURS[i % COLOURS.len()],
+            COLOURS[colour % COLOURS.len()],
             WIDTH - RIGHT - 106.0,
             y + 9.0,
             escape(name)
@@ -124,14 +126,14 @@ pub fn line_chart(
     let y = |v: f64| {
         HEIGHT - BOTTOM - (v - y_min) / (y_max - y_min).max(1e-12) * (HEIGHT - TOP - BOTTOM)
     };
-    for (i, s) in series.iter().enumerate() {
+    for s in series {
         let points: Vec<String> = s
             .points
             .iter()
             .filter(|p| p.0.is_finite() && p.1.is_finite())
             .map(|&(px, py)| format!("{:.1},{:.1}", x(px), y(py)))
             .collect();
-        let colour = COLOURS[i % COLOURS.len()];
+        let colour = COLOURS[s.colour % COLOURS.len()];
         let _ = write!(
             out,
             r#"<polyline class="series" data-name="{}" fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
@@ -150,7 +152,10 @@ pub fn line_chart(
     }
     legend(
         &mut out,
-        &series.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        &series
+            .iter()
+            .map(|s| (s.name.as_str(), s.colour))
+            .collect::<Vec<_>>(),
     );
     out.push_str("</svg>");
     out
@@ -191,7 +196,11 @@ pub fn bar_chart(title: &str, categories: &[String], series: &[(String, Vec<f64>
     }
     legend(
         &mut out,
-        &series.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(),
+        &series
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.0.as_str(), i))
+            .collect::<Vec<_>>(),
     );
     out.push_str("</svg>");
     out

@@ -32,11 +32,14 @@ enum Command {
     },
     /// Report what this machine provides: libtorch, CUDA, threads, sandbox modules.
     Env,
-    /// Run the end-to-end demo (what exists of it; it lists the stages still missing).
+    /// Run the end-to-end demo: data, tokenizer, pretrain, SFT, GRPO, SFT vs RL report.
     Demo {
         /// Redo every stage instead of reusing finished ones.
         #[arg(long)]
         fresh: bool,
+        /// The story to tell: arithmetic (math verifier) or code (sandboxed tests).
+        #[arg(long, value_enum, default_value = "arithmetic")]
+        task: crate::demo::DemoTask,
     },
     /// Pretrain a model on a text corpus (config: model.init or model.path, data).
     Pretrain(TrainArgs),
@@ -265,7 +268,7 @@ pub fn main() -> ExitCode {
         Command::Pretrain(args) => args.start(crate::train::pretrain::run),
         Command::Sft(args) => args.start(crate::train::sft::run),
         Command::Rl(args) => args.start(crate::train::grpo::run),
-        Command::Demo { fresh } => crate::demo::run(fresh),
+        Command::Demo { fresh, task } => crate::demo::run(fresh, task),
         Command::Bench {
             kind:
                 BenchKind::Sample {

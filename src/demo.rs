@@ -1,35 +1,152 @@
-//! `rlvr demo`: the end-to-end story, offline on a CPU: synthetic arithmetic data, a
-//! BPE tokenizer, pretraining a tiny model, SFT, GRPO, and SFT versus RL on held-out
-//! items with a report. Each training stage has its config in `configs/demo/` and can
-//! be rerun alone; a finished stage is reused unless `--fresh`.
+//! `rlvr demo`: the end-to-end story, offline on a CPU: synthetic task data, a BPE
+//! tokenizer, pretraining a tiny model, SFT, GRPO, and SFT versus RL on held-out items
+//! with a report. Two tasks tell it: arithmetic (graded by the math verifier) and small
+//! Python functions (`--task code`, graded by their tests in the wasm sandbox). Each
+//! training stage has its config in `configs/demo[-code]/` and can be rerun alone; a
+//! finished stage is reused unless `--fresh`.
 
 use crate::compare;
 use crate::config::{RunConfig, TaskConfig};
 use crate::data::arithmetic::{self, ArithmeticParams};
+use crate::data::functions::{self, FunctionParams};
 use crate::eval::EvalSettings;
 use crate::tokenizer::{Message, Tokenizer};
 use crate::train::{self, StartOptions};
 use anyhow::{Context, Result};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-const DEMO_DIR: &str = "runs/demo";
-const TRAIN_ITEMS: usize = 5000;
 const HELD_OUT_ITEMS: usize = 500;
-const HELD_OUT_TASK: &str = "tasks/arithmetic-held-out.yaml";
 const EVAL_SAMPLES: usize = 4;
 const VOCAB_SIZE: usize = 400;
 
-pub fn run(fresh: bool) -> Result<()> {
-    // The stage configs name paths relative to the folder holding configs/demo/: the
-    // current one when it has them (a user's copy), else this repository.
-    if !Path::new("configs/demo").is_dir() {
+/// Which story the demo tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoTask {
+    /// Multi-digit addition with worked steps, graded by the math verifier.
+    Arithmetic,
+    /// One-line Python functions, graded by their asserts in the wasm sandbox.
+    Code,
+}
+
+/// A task item as the demo writes it: the record, and the text it trains on.
+struct Item {
+    record: Value,
+    question: String,
+    solution: String,
+}
+
+struct Story {
+    dir: &'static str,
+    configs: &'static str,
+    held_out_task: &'static str,
+    /// How the SFT demonstrations fall short of what the verifier pays for.
+    flaw: &'static str,
+}
+
+impl DemoTask {
+    fn story(self) -> Story {
+        match self {
+            Self::Arithmetic => Story {
+                dir: "runs/demo",
+                configs: "configs/demo",
+                held_out_task: "tasks/arithmetic-held-out.yaml",
+                flaw: "only 40% of them state the final answer",
+            },
+            Self::Code => Story {
+                dir: "runs/demo-code",
+                configs: "configs/demo-code",
+                held_out_task: "tasks/python-functions-held-out.yaml",
+                flaw: "60% of them forget the `return`",
+            },
+        }
+    }
+
+    /// Training items (the same as the RL task's generator gives) and held-out items
+    /// whose questions never occur in training.
+    fn items(self) -> Result<(Vec<Item>, Vec<Item>)> {
+        let (train, candidates): (Vec<Item>, Vec<Item>) = match self {
+            Self::Arithmetic => {
+                let params = ArithmeticParams {
+                    min_digits: 1,
+                    max_digits: 3,
+                };
+                let to_items = |items: Vec<arithmetic::ArithmeticItem>| -> Result<Vec<Item>> {
+                    items
+                        .into_iter()
+                        .map(|i| {
+                            Ok(Item {
+                                record: serde_json::to_value(&i)?,
+                                question: i.question,
+                                solution: i.solution,
+                            })
+                        })
+                        .collect()
+                };
+                (
+                    to_items(arithmetic::generate(params, 5000, 1))?,
+                    to_items(arithmetic::generate(params, HELD_OUT_ITEMS * 2, 2))?,
+                )
+            }
+            Self::Code => {
+                let params = FunctionParams { max_constant: 999 };
+                let to_items = |items: Vec<functions::FunctionItem>| -> Result<Vec<Item>> {
+                    items
+                        .into_iter()
+                        .map(|i| {
+                            Ok(Item {
+                                record: serde_json::to_value(&i)?,
+                                question: i.question,
+                                solution: i.solution,
+                            })
+                        })
+                        .collect()
+                };
+                (
+                    to_items(functions::generate(params, 2000, 11))?,
+                    to_items(functions::generate(params, HELD_OUT_ITEMS * 2, 12))?,
+                )
+            }
+        };
+        let seen: HashSet<&str> = train.iter().map(|i| i.question.as_str()).collect();
+        let mut unique = HashSet::new();
+        let held_out: Vec<Item> = candidates
+            .into_iter()
+            .filter(|i| !seen.contains(i.question.as_str()) && unique.insert(i.question.clone()))
+            .take(HELD_OUT_ITEMS)
+            .collect();
+        Ok((train, held_out))
+    }
+
+    /// The SFT demonstration for training item `index`: deliberately short of what the
+    /// verifier pays for in a share of cases, as scraped demonstrations often are. SFT
+    /// copies the habit; GRPO is paid only for what passes the verifier and drops it.
+    fn demonstration(self, index: usize, solution: &str) -> String {
+        match self {
+            // The final answer (`#### N`) in 2 of every 5.
+            Self::Arithmetic if index % 5 >= 2 => solution
+                .split(" ####")
+                .next()
+                .unwrap_or(solution)
+                .to_string(),
+            // The `return` kept in 2 of every 5: without it the function returns None.
+            Self::Code if index % 5 >= 2 => solution.replace("return ", ""),
+            _ => solution.to_string(),
+        }
+    }
+}
+
+pub fn run(fresh: bool, task: DemoTask) -> Result<()> {
+    // The stage configs name paths relative to the folder holding configs/: the
+    // current one when it has the demo's configs (a user's copy), else this repository.
+    let story = task.story();
+    if !Path::new(story.configs).is_dir() {
         std::env::set_current_dir(env!("CARGO_MANIFEST_DIR"))?;
     }
     let started = Instant::now();
-    let dir = PathBuf::from(DEMO_DIR);
+    let dir = PathBuf::from(story.dir);
     if fresh && dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
     }
@@ -41,25 +158,30 @@ pub fn run(fresh: bool) -> Result<()> {
     stage(2, "shipped configs and tasks");
     check_shipped_configs()?;
 
-    stage(3, "synthetic arithmetic task");
-    let (train, held_out) = write_task_data(&dir)?;
+    stage(3, "synthetic task data");
+    let (train, held_out) = task.items()?;
+    write_data(task, &dir, &train, &held_out)?;
 
     stage(4, "byte-level BPE tokenizer");
     train_tokenizer(&train, &dir.join("tokenizer.json"))?;
 
+    let config = |stage: &str| format!("{}/{stage}.yaml", story.configs);
     stage(5, "pretraining a tiny Qwen2-shaped model on the corpus");
-    run_stage("configs/demo/pretrain.yaml", train::pretrain::run)?;
+    run_stage(&config("pretrain"), train::pretrain::run)?;
     stage(
         6,
-        "SFT on conversations with the chat template (only 40% of them state the final answer)",
+        &format!(
+            "SFT on conversations with the chat template ({})",
+            story.flaw
+        ),
     );
-    let sft = run_stage("configs/demo/sft.yaml", train::sft::run)?;
+    let sft = run_stage(&config("sft"), train::sft::run)?;
     stage(7, "GRPO against the task's verifiable rewards");
-    let rl = run_stage("configs/demo/grpo.yaml", train::grpo::run)?;
+    let rl = run_stage(&config("grpo"), train::grpo::run)?;
 
     stage(8, "SFT versus RL on the held-out items");
     println!(
-        "  {} held-out items, none of them in the training set",
+        "  {} held-out items, none of them a training question",
         held_out.len()
     );
     let settings = EvalSettings {
@@ -67,7 +189,7 @@ pub fn run(fresh: bool) -> Result<()> {
         max_new_tokens: 64,
         ..EvalSettings::default()
     };
-    let comparison = compare::compare(&[sft, rl], Path::new(HELD_OUT_TASK), &settings)?;
+    let comparison = compare::compare(&[sft, rl], Path::new(story.held_out_task), &settings)?;
     compare::print_table(&comparison);
     let report = dir.join("report.html");
     compare::report::write(&comparison, &report)?;
@@ -154,31 +276,14 @@ fn check_shipped_configs() -> Result<()> {
     Ok(())
 }
 
-type Items = Vec<arithmetic::ArithmeticItem>;
-
-/// Train and held-out items (different seeds, and no held-out question that is also a
-/// training question), the pretraining corpus and the SFT conversations.
-fn write_task_data(dir: &Path) -> Result<(Items, Items)> {
-    let params = ArithmeticParams {
-        min_digits: 1,
-        max_digits: 3,
-    };
-    let train = arithmetic::generate(params, TRAIN_ITEMS, 1);
-    let seen: HashSet<&str> = train.iter().map(|i| i.question.as_str()).collect();
-    let held_out: Items = arithmetic::generate(params, HELD_OUT_ITEMS * 2, 2)
-        .into_iter()
-        .filter(|i| !seen.contains(i.question.as_str()))
-        .take(HELD_OUT_ITEMS)
-        .collect();
-    let json_lines = |items: &Items| -> Result<Vec<String>> {
-        Ok(items
-            .iter()
-            .map(serde_json::to_string)
-            .collect::<Result<_, _>>()?)
-    };
+/// train.jsonl and held_out.jsonl (task records), corpus.jsonl (pretraining text) and
+/// sft.jsonl (conversations); files already there are kept.
+fn write_data(task: DemoTask, dir: &Path, train: &[Item], held_out: &[Item]) -> Result<()> {
+    let records =
+        |items: &[Item]| -> Vec<String> { items.iter().map(|i| i.record.to_string()).collect() };
     let corpus = train
         .iter()
-        .map(|i| format!("{} {}", i.question, i.solution))
+        .map(|i| json!({ "text": format!("{} {}", i.question, i.solution) }).to_string())
         .collect();
     let conversations = train
         .iter()
@@ -191,16 +296,16 @@ fn write_task_data(dir: &Path) -> Result<(Items, Items)> {
                 },
                 Message {
                     role: "assistant".into(),
-                    content: demonstration(n, &i.solution),
+                    content: task.demonstration(n, &i.solution),
                 },
             ];
             json!({ "messages": messages }).to_string()
         })
         .collect();
     for (name, lines) in [
-        ("train.jsonl", json_lines(&train)?),
-        ("held_out.jsonl", json_lines(&held_out)?),
-        ("corpus.txt", corpus),
+        ("train.jsonl", records(train)),
+        ("held_out.jsonl", records(held_out)),
+        ("corpus.jsonl", corpus),
         ("sft.jsonl", conversations),
     ] {
         let path = dir.join(name);
@@ -209,32 +314,16 @@ fn write_task_data(dir: &Path) -> Result<(Items, Items)> {
         }
         println!("  {} ({} lines)", path.display(), lines.len());
     }
-    println!("  e.g. {} → {}", train[0].question, train[0].solution);
-    Ok((train, held_out))
+    println!("  e.g. {:?} → {:?}", train[0].question, train[0].solution);
+    Ok(())
 }
 
-/// The SFT demonstrations state the final answer (`#### N`) in only 2 of every 5
-/// conversations, as scraped solutions often leave it implicit. SFT copies the habit:
-/// greedy decoding then ends after the worked steps with no answer the verifier
-/// accepts. GRPO is rewarded only for explicit, correct answers and learns to give them.
-fn demonstration(index: usize, solution: &str) -> String {
-    if index % 5 < 2 {
-        solution.to_string()
-    } else {
-        solution
-            .split(" ####")
-            .next()
-            .unwrap_or(solution)
-            .to_string()
-    }
-}
-
-fn train_tokenizer(train: &Items, path: &Path) -> Result<Tokenizer> {
+fn train_tokenizer(train: &[Item], path: &Path) -> Result<Tokenizer> {
     if !path.exists() {
-        let corpus: Vec<String> = train
+        let corpus = train
             .iter()
             .map(|i| format!("{} {}", i.question, i.solution))
-            .collect();
+            .collect::<Vec<_>>();
         Tokenizer::train_bpe(corpus.into_iter(), VOCAB_SIZE)?.save(path)?;
     }
     let tokenizer = Tokenizer::load(path)?;

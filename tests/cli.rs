@@ -215,22 +215,22 @@ fn sample_prints_n_completions_reproducibly() {
     assert!(stderr.contains("--prompt is empty"), "{stderr}");
 }
 
-#[test]
-fn demo_runs_every_stage_and_reuses_them() {
-    // The real stage configs with tiny models and few steps, in a scratch folder.
+/// Runs `rlvr demo [--task code]` with the real stage configs shrunk to tiny models and
+/// a few steps, in a scratch folder, twice.
+fn tiny_demo(task: &str, configs: &str, tasks: &[&str], output: &str) {
     let dir = tempfile::tempdir().unwrap();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    std::fs::create_dir_all(dir.path().join("configs/demo")).unwrap();
+    std::fs::create_dir_all(dir.path().join(configs)).unwrap();
     std::fs::create_dir_all(dir.path().join("tasks")).unwrap();
-    for task in ["arithmetic.yaml", "arithmetic-held-out.yaml"] {
+    for file in tasks {
         std::fs::copy(
-            root.join("tasks").join(task),
-            dir.path().join("tasks").join(task),
+            root.join("tasks").join(file),
+            dir.path().join("tasks").join(file),
         )
         .unwrap();
     }
     let shrink = |name: &str, edits: &[(&str, &str)]| {
-        let mut text = std::fs::read_to_string(root.join("configs/demo").join(name)).unwrap();
+        let mut text = std::fs::read_to_string(root.join(configs).join(name)).unwrap();
         for (key, value) in edits {
             let line = text
                 .lines()
@@ -240,7 +240,7 @@ fn demo_runs_every_stage_and_reuses_them() {
             let indent = &line[..line.len() - line.trim_start().len()];
             text = text.replace(&line, &format!("{indent}{key}: {value}"));
         }
-        std::fs::write(dir.path().join("configs/demo").join(name), text).unwrap();
+        std::fs::write(dir.path().join(configs).join(name), text).unwrap();
     };
     shrink(
         "pretrain.yaml",
@@ -263,7 +263,7 @@ fn demo_runs_every_stage_and_reuses_them() {
         ],
     );
     let run = || {
-        let (ok, stdout, stderr) = rlvr_in(dir.path(), &["demo"]);
+        let (ok, stdout, stderr) = rlvr_in(dir.path(), &["demo", "--task", task]);
         assert!(ok, "{stderr}");
         stdout
     };
@@ -280,7 +280,7 @@ fn demo_runs_every_stage_and_reuses_them() {
     for file in [
         "train.jsonl",
         "held_out.jsonl",
-        "corpus.txt",
+        "corpus.jsonl",
         "sft.jsonl",
         "tokenizer.json",
         "pretrain/model/model.safetensors",
@@ -289,7 +289,7 @@ fn demo_runs_every_stage_and_reuses_them() {
         "grpo/metrics.jsonl",
         "report.html",
     ] {
-        assert!(dir.path().join("runs/demo").join(file).exists(), "{file}");
+        assert!(dir.path().join(output).join(file).exists(), "{file}");
     }
     // A second run reuses every stage and the saved evaluations.
     let second = run();
@@ -300,4 +300,24 @@ fn demo_runs_every_stage_and_reuses_them() {
             .map(String::from)
     };
     assert_eq!(summary(&second), summary(&first));
+}
+
+#[test]
+fn arithmetic_demo_runs_every_stage_and_reuses_them() {
+    tiny_demo(
+        "arithmetic",
+        "configs/demo",
+        &["arithmetic.yaml", "arithmetic-held-out.yaml"],
+        "runs/demo",
+    );
+}
+
+#[test]
+fn code_demo_runs_every_stage_and_reuses_them() {
+    tiny_demo(
+        "code",
+        "configs/demo-code",
+        &["python_functions.yaml", "python-functions-held-out.yaml"],
+        "runs/demo-code",
+    );
 }

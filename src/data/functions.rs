@@ -40,12 +40,41 @@ const TEMPLATES: &[(&str, &str, &str)] = &[
     ("square_plus", "returns x squared plus {k}", "x * x + {k}"),
 ];
 
-pub fn generate(count: usize, seed: u64) -> Vec<FunctionItem> {
+/// `source.params` of the generator.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FunctionParams {
+    /// Constants are drawn from 2..=max_constant (9: 64 distinct functions; 999: 7,984).
+    pub max_constant: i64,
+}
+
+impl Default for FunctionParams {
+    fn default() -> Self {
+        Self { max_constant: 9 }
+    }
+}
+
+impl FunctionParams {
+    pub fn from_yaml(
+        params: &std::collections::BTreeMap<String, serde_yaml::Value>,
+    ) -> anyhow::Result<Self> {
+        let parsed: Self = super::params_from_yaml(params)?;
+        if !(2..=1_000_000).contains(&parsed.max_constant) {
+            anyhow::bail!(
+                "max_constant must lie in 2..=1000000, got {}",
+                parsed.max_constant
+            );
+        }
+        Ok(parsed)
+    }
+}
+
+pub fn generate(params: FunctionParams, count: usize, seed: u64) -> Vec<FunctionItem> {
     let mut rng = StdRng::seed_from_u64(seed);
     (0..count)
         .map(|_| {
             let (stem, description, body) = TEMPLATES[rng.random_range(0..TEMPLATES.len())];
-            let k: i64 = rng.random_range(2..10);
+            let k: i64 = rng.random_range(2..=params.max_constant);
             let inputs: Vec<i64> = (0..4).map(|_| rng.random_range(-20..50)).collect();
             item(stem, description, body, k, &inputs)
         })
@@ -76,8 +105,8 @@ mod tests {
 
     #[test]
     fn items_are_seeded_and_consistent() {
-        let items = generate(50, 1);
-        assert_eq!(items, generate(50, 1));
+        let items = generate(FunctionParams::default(), 50, 1);
+        assert_eq!(items, generate(FunctionParams::default(), 50, 1));
         for item in &items {
             assert!(
                 item.solution

@@ -121,13 +121,9 @@ fn generate(generator: &str, task: &TaskConfig) -> Result<Vec<Value>> {
             to_values(countdown::generate(params, count, source.seed))
         }
         "python_functions" => {
-            if let Some(key) = source.params.keys().next() {
-                bail!(
-                    "task `{}`: source.params: python_functions takes no parameters (got `{key}`)",
-                    task.name
-                );
-            }
-            to_values(functions::generate(count, source.seed))
+            let params = functions::FunctionParams::from_yaml(&source.params)
+                .with_context(|| format!("task `{}`: source.params", task.name))?;
+            to_values(functions::generate(params, count, source.seed))
         }
         other => bail!(
             "task `{}`: unknown generator `{other}` (known: arithmetic, countdown, python_functions)",

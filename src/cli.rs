@@ -47,6 +47,8 @@ enum Command {
     Sft(TrainArgs),
     /// Reinforcement learning against a task's rewards (config: model, task, rl).
     Rl(TrainArgs),
+    /// Train a reward model on preference pairs, Bradley–Terry loss (config: model, data, rm).
+    TrainRm(TrainArgs),
     /// Evaluate a checkpoint on a task: greedy accuracy, pass@k, maj@k, rewards, length.
     Eval {
         #[arg(long)]
@@ -268,6 +270,7 @@ pub fn main() -> ExitCode {
         Command::Pretrain(args) => args.start(crate::train::pretrain::run),
         Command::Sft(args) => args.start(crate::train::sft::run),
         Command::Rl(args) => args.start(crate::train::grpo::run),
+        Command::TrainRm(args) => args.start(crate::train::reward_model::run),
         Command::Demo { fresh, task } => crate::demo::run(fresh, task),
         Command::Bench {
             kind:

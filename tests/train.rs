@@ -447,3 +447,76 @@ fn training_logprobs_equal_the_samplers() {
         }
     }
 }
+
+#[test]
+fn a_reward_model_learns_synthetic_preferences_and_scores_a_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = rlvr::data::preferences::generate(400, 3);
+    // A base model whose tokenizer knows the words (as a pretrained one would).
+    let texts = pairs
+        .iter()
+        .flat_map(|p| [p.prompt.clone(), p.chosen.clone(), p.rejected.clone()]);
+    let tokenizer = Tokenizer::train_bpe(texts, 400).unwrap();
+    tokenizer.save(&dir.path().join("tokenizer.json")).unwrap();
+    tch::manual_seed(0);
+    let base = ModelConfig::tiny_qwen2(tokenizer.vocab_size(), 32, 1, 4);
+    let model = dir.path().join("base");
+    Model::random(&base, tch::Device::Cpu, Dtype::F32)
+        .unwrap()
+        .save(&model, Some(&dir.path().join("tokenizer.json")))
+        .unwrap();
+    let lines: Vec<String> = pairs
+        .iter()
+        .map(|p| serde_json::to_string(p).unwrap())
+        .collect();
+    std::fs::write(dir.path().join("pairs.jsonl"), lines.join("\n")).unwrap();
+    let body = format!(
+        "name: rm\noutput_dir: {out}\nmodel: {{path: {model}}}\ndata: {{path: {out}/pairs.jsonl, max_length: 64}}\n\
+         optim: {{learning_rate: 5.0e-3, lr_scheduler: constant}}\ntrain: {{max_steps: 30, batch_size: 16}}\n\
+         rm: {{eval_fraction: 0.25, eval_steps: 10, center_rewards_coefficient: 0.01}}\n",
+        out = dir.path().display(),
+        model = model.display()
+    );
+    let config = RunConfig::load(&write_config(dir.path(), "rm", &body)).unwrap();
+    let rm = train::reward_model::run(&config, StartOptions::default()).unwrap();
+    let rows = metrics(&config.run_dir());
+    let eval = rows.last().unwrap()["eval_accuracy"].as_f64().unwrap();
+    let evals: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| r.get("eval_accuracy")?.as_f64())
+        .collect();
+    eprintln!("held-out pair accuracy every 10 steps: {evals:?}");
+    assert!(eval >= 0.9, "held-out pair accuracy {eval}");
+    assert!(rows[0].get("rewards/margin").is_some());
+    let config_json = std::fs::read_to_string(rm.join("config.json")).unwrap();
+    assert!(
+        config_json.contains("ForSequenceClassification"),
+        "{config_json}"
+    );
+
+    // The trained model is a reward function of a task: upbeat text scores higher.
+    std::fs::write(
+        dir.path().join("task.yaml"),
+        format!(
+            "name: t\nsource: {{generator: arithmetic, num_examples: 2}}\nprompt: \"Write a sentence about {{question}}.\"\n\
+             rewards: [{{kind: reward_model, model: {}}}]\n",
+            rm.display()
+        ),
+    )
+    .unwrap();
+    let task = rlvr::config::TaskConfig::load(&dir.path().join("task.yaml")).unwrap();
+    let rewards = rlvr::reward::RewardSet::from_task(&task, dir.path()).unwrap();
+    let record = serde_json::json!({});
+    let sample = |completion| rlvr::reward::Sample {
+        record: &record,
+        prompt: "Write a sentence about the sea.",
+        completion,
+        completion_tokens: 0,
+    };
+    let scored = rewards.score_batch(&[
+        sample("the sea is bright and lovely."),
+        sample("the sea is bleak and gloomy."),
+    ]);
+    assert!(scored[0].total > scored[1].total, "{scored:?}");
+    assert!(scored[0].per_function[0].infra_error.is_none());
+}

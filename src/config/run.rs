@@ -35,6 +35,36 @@ pub struct RunConfig {
     pub data: Option<DataSection>,
     #[serde(default)]
     pub rl: Option<RlSection>,
+    /// Reward-model training (`rlvr train-rm`).
+    #[serde(default)]
+    pub rm: Option<RewardModelSection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardModelSection {
+    /// TRL's term that keeps rewards near zero: coefficient × mean((r_c + r_r)²).
+    #[serde(deserialize_with = "non_negative_f64")]
+    pub center_rewards_coefficient: f64,
+    /// A per-pair margin from this record field: −log σ(r_c − r_r − margin).
+    pub margin_field: Option<String>,
+    /// Share of the pairs held out for `eval_accuracy` (the last ones in the file).
+    #[serde(deserialize_with = "unit_interval")]
+    pub eval_fraction: f64,
+    /// Steps between held-out evaluations (and the last step).
+    #[serde(deserialize_with = "positive_usize")]
+    pub eval_steps: usize,
+}
+
+impl Default for RewardModelSection {
+    fn default() -> Self {
+        Self {
+            center_rewards_coefficient: 0.0,
+            margin_field: None,
+            eval_fraction: 0.1,
+            eval_steps: 10,
+        }
+    }
 }
 
 fn default_output_dir() -> PathBuf {
@@ -235,10 +265,25 @@ pub enum ScaleRewards {
     None,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdvantageEstimator {
+    /// Group-relative: (r − group mean) / (std + 1e-4), per `scale_rewards`.
+    #[default]
+    Grpo,
+    /// Leave-one-out baseline: r − mean of the other completions of the prompt.
+    Rloo,
+    /// REINFORCE++: rewards whitened over the batch.
+    ReinforcePp,
+    /// REINFORCE++-baseline: group mean subtracted, then whitened over the batch.
+    ReinforcePpBaseline,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RlSection {
     pub algorithm: Algorithm,
+    pub advantage_estimator: AdvantageEstimator,
     /// Distinct prompts sampled per optimizer step.
     #[serde(deserialize_with = "positive_usize")]
     pub prompts_per_step: usize,
@@ -277,6 +322,7 @@ impl Default for RlSection {
     fn default() -> Self {
         Self {
             algorithm: Algorithm::Grpo,
+            advantage_estimator: AdvantageEstimator::Grpo,
             prompts_per_step: 8,
             num_generations: 8,
             max_completion_length: 256,

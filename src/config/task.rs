@@ -109,7 +109,11 @@ pub struct RewardSpec {
     /// script: a Python file, relative to the task file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub script: Option<PathBuf>,
-    /// overlong: the completion length budget in tokens (DAPO's L_max).
+    /// reward_model: a reward-model folder (from `rlvr train-rm`), relative to the task file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<PathBuf>,
+    /// overlong: the completion length budget in tokens (DAPO's L_max); reward_model:
+    /// tokens kept of prompt + completion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_length: Option<usize>,
     /// overlong: the soft zone before max_length (DAPO's L_cache).
@@ -143,6 +147,7 @@ impl RewardSpec {
             ("memory_mb", self.memory_mb.is_some()),
             ("timeout_s", self.timeout_s.is_some()),
             ("script", self.script.is_some()),
+            ("model", self.model.is_some()),
             ("max_length", self.max_length.is_some()),
             ("cache_length", self.cache_length.is_some()),
         ];
@@ -170,7 +175,7 @@ impl RewardSpec {
                 SANDBOX[3],
             ],
             RewardKind::Script => &["script", SANDBOX[0], SANDBOX[1], SANDBOX[2], SANDBOX[3]],
-            RewardKind::RewardModel => &[],
+            RewardKind::RewardModel => &["model", "max_length"],
             RewardKind::Overlong => &["max_length", "cache_length"],
         }
     }
@@ -195,6 +200,9 @@ impl RewardSpec {
             }
             RewardKind::Script if self.script.is_none() => {
                 Err("kind `script` needs a `script` file".into())
+            }
+            RewardKind::RewardModel if self.model.is_none() => {
+                Err("kind `reward_model` needs a `model` folder".into())
             }
             RewardKind::Overlong if self.max_length.is_none() || self.cache_length.is_none() => {
                 Err("kind `overlong` needs `max_length` and `cache_length`".into())

@@ -17,6 +17,8 @@ use tch::{Device, Kind, Tensor, nn};
 pub struct Model {
     pub vs: nn::VarStore,
     pub transformer: Transformer,
+    /// Reward models' scalar head (`score.weight`, [1, hidden]).
+    pub score: Option<Tensor>,
 }
 
 impl Model {
@@ -24,8 +26,59 @@ impl Model {
     pub fn random(config: &ModelConfig, device: Device, dtype: Dtype) -> Result<Self> {
         let mut vs = nn::VarStore::new(device);
         let transformer = Transformer::new(&vs.root(), config)?;
+        let score = config.is_reward_model().then(|| {
+            let init = nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            };
+            (vs.root() / "score").var("weight", &[1, config.hidden_size as i64], init)
+        });
         vs.set_kind(kind_of(dtype));
-        Ok(Self { vs, transformer })
+        Ok(Self {
+            vs,
+            transformer,
+            score,
+        })
+    }
+
+    /// A reward model initialised from a policy checkpoint: its weights, plus a new
+    /// random `score` head.
+    pub fn reward_model_from(dir: &Path, device: Device, dtype: Dtype) -> Result<Self> {
+        let config = ModelConfig::load(&dir.join("config.json"))?;
+        let config = if config.is_reward_model() {
+            config
+        } else {
+            config.as_reward_model()
+        };
+        let mut model = Self::random(&config, device, dtype)?;
+        load_weights(
+            &mut model.vs,
+            dir,
+            config.tie_word_embeddings,
+            &["score.weight"],
+        )?;
+        Ok(model)
+    }
+
+    /// One scalar reward per row of right-padded `input_ids` [batch, seq], read at
+    /// each row's last real token (`key_mask` marks real tokens).
+    pub fn rewards(&self, input_ids: &Tensor, key_mask: &Tensor) -> Result<Tensor> {
+        let score = self.score.as_ref().context(
+            "this model has no reward head (its architecture is not …ForSequenceClassification)",
+        )?;
+        let positions = super::position_ids_from_mask(key_mask);
+        let hidden = self
+            .transformer
+            .hidden_states(input_ids, &positions, key_mask, None)?;
+        let last = (key_mask.sum_dim_intlist(-1, false, Kind::Int64) - 1).clamp_min(0);
+        let index = last
+            .view([-1, 1, 1])
+            .expand([-1, 1, hidden.size()[2]], false);
+        let at_last = hidden.gather(1, &index, false).squeeze_dim(1);
+        Ok(at_last
+            .matmul(&score.tr())
+            .squeeze_dim(-1)
+            .to_kind(Kind::Float))
     }
 
     /// Loads a checkpoint folder; weights are converted to `dtype`.
@@ -35,7 +88,7 @@ impl Model {
         }
         let config = ModelConfig::load(&dir.join("config.json"))?;
         let mut model = Self::random(&config, device, dtype)?;
-        load_weights(&mut model.vs, dir, config.tie_word_embeddings)?;
+        load_weights(&mut model.vs, dir, config.tie_word_embeddings, &[])?;
         Ok(model)
     }
 
@@ -184,7 +237,8 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Copies every tensor of the checkpoint into the variable of the same name.
-fn load_weights(vs: &mut nn::VarStore, dir: &Path, tied: bool) -> Result<()> {
+/// Variables named in `optional` may be absent (they keep their initial values).
+fn load_weights(vs: &mut nn::VarStore, dir: &Path, tied: bool, optional: &[&str]) -> Result<()> {
     let variables = vs.variables();
     let mut loaded = BTreeSet::new();
     for file in weight_files(dir)? {
@@ -218,7 +272,10 @@ fn load_weights(vs: &mut nn::VarStore, dir: &Path, tied: bool) -> Result<()> {
             loaded.insert(name);
         }
     }
-    let missing: Vec<&String> = variables.keys().filter(|n| !loaded.contains(*n)).collect();
+    let missing: Vec<&String> = variables
+        .keys()
+        .filter(|n| !loaded.contains(*n) && !optional.contains(&n.as_str()))
+        .collect();
     if !missing.is_empty() {
         let hint = if tied {
             ""

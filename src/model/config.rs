@@ -193,6 +193,27 @@ impl ModelConfig {
         }
     }
 
+    /// A reward model: the architecture says `…ForSequenceClassification` (a scalar
+    /// `score` head on the last token, as transformers' classes have).
+    pub fn is_reward_model(&self) -> bool {
+        self.architectures
+            .first()
+            .is_some_and(|a| a.ends_with("ForSequenceClassification"))
+    }
+
+    /// This config as a one-label sequence classifier (a reward model).
+    pub fn as_reward_model(&self) -> Self {
+        let mut config = self.clone();
+        let base = self
+            .architectures
+            .first()
+            .map(|a| a.trim_end_matches("ForCausalLM").to_string())
+            .unwrap_or_else(|| "Qwen2".into());
+        config.architectures = vec![format!("{base}ForSequenceClassification")];
+        config.extra.insert("num_labels".into(), 1.into());
+        config
+    }
+
     /// A small Qwen2-shaped config for from-scratch models and tests.
     pub fn tiny_qwen2(vocab_size: usize, hidden_size: usize, layers: usize, heads: usize) -> Self {
         let kv_heads = if heads.is_multiple_of(2) {

@@ -7,12 +7,13 @@
 pub mod check;
 pub mod code;
 pub mod math;
+pub mod reward_model;
 pub mod sandbox;
 pub mod script;
 pub mod text;
 
 use crate::config::task::{RewardKind, RewardSpec, TaskConfig};
-use anyhow::{Result, bail};
+use anyhow::Result;
 use rayon::prelude::*;
 use sandbox::{Limits, Runtime, Sandbox, Verdict};
 use serde::Serialize;
@@ -65,6 +66,12 @@ impl Score {
 
 pub trait RewardFunction: Send + Sync {
     fn score(&self, sample: &Sample) -> Score;
+
+    /// Functions that score a whole batch at once (a reward model on its device)
+    /// return the scores here; the others are called per sample, in parallel.
+    fn score_all(&self, _samples: &[Sample]) -> Option<Vec<Score>> {
+        None
+    }
 }
 
 /// A task's reward functions with their names and weights.
@@ -102,14 +109,24 @@ impl RewardSet {
 
     /// Scores every sample with every function, in parallel over samples.
     pub fn score_batch(&self, samples: &[Sample]) -> Vec<Scored> {
+        let batched: Vec<Option<Vec<Score>>> = self
+            .functions
+            .iter()
+            .map(|(_, _, f)| f.score_all(samples))
+            .collect();
         samples
             .par_iter()
-            .map(|sample| {
+            .enumerate()
+            .map(|(i, sample)| {
                 let started = std::time::Instant::now();
                 let per_function: Vec<Score> = self
                     .functions
                     .iter()
-                    .map(|(_, _, f)| f.score(sample))
+                    .zip(&batched)
+                    .map(|((_, _, f), all)| match all {
+                        Some(scores) => scores[i].clone(),
+                        None => f.score(sample),
+                    })
                     .collect();
                 let total = self
                     .functions
@@ -182,7 +199,13 @@ fn build(
                 limits(spec),
             )?)
         }
-        RewardKind::RewardModel => bail!("the `reward_model` reward kind is not built yet"),
+        RewardKind::RewardModel => {
+            let path = task_dir.join(spec.model.as_deref().unwrap_or(std::path::Path::new("")));
+            Box::new(reward_model::ModelReward::load(
+                &path,
+                spec.max_length.unwrap_or(512),
+            )?)
+        }
     })
 }
 

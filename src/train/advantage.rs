@@ -6,8 +6,13 @@
 //! spread carries no signal: its advantages are exactly 0 and it is counted in
 //! `frac_reward_zero_std`. A NaN reward (a broken reward function) gets advantage 0
 //! and is left out of its group's statistics, so one bad score cannot poison the group.
+//!
+//! The other estimators share the GRPO update and differ only here:
+//! - `rloo`: r_i minus the mean of the other G−1 rewards of its group (no scaling);
+//! - `reinforce_pp` (REINFORCE++): rewards whitened over the whole batch, no group baseline;
+//! - `reinforce_pp_baseline`: r_i minus its group mean, whitened over the batch.
 
-use crate::config::run::ScaleRewards;
+use crate::config::run::{AdvantageEstimator, ScaleRewards};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Advantages {
@@ -70,6 +75,54 @@ pub fn group_advantages(rewards: &[f64], group_size: usize, scale: ScaleRewards)
     }
 }
 
+/// Advantages by `estimator`; `scale` applies to GRPO only.
+pub fn advantages(
+    rewards: &[f64],
+    group_size: usize,
+    estimator: AdvantageEstimator,
+    scale: ScaleRewards,
+) -> Advantages {
+    let grouped = group_advantages(rewards, group_size, ScaleRewards::None);
+    let values = match estimator {
+        AdvantageEstimator::Grpo => return group_advantages(rewards, group_size, scale),
+        AdvantageEstimator::Rloo => {
+            // r_i − mean_{j≠i} r_j = G/(G−1) · (r_i − mean), G counting finite rewards.
+            let mut values = Vec::with_capacity(rewards.len());
+            for (group, centred) in rewards
+                .chunks(group_size)
+                .zip(grouped.values.chunks(group_size))
+            {
+                let n = group.iter().filter(|r| r.is_finite()).count() as f64;
+                let factor = if n > 1.0 { n / (n - 1.0) } else { 0.0 };
+                values.extend(centred.iter().map(|a| a * factor));
+            }
+            values
+        }
+        AdvantageEstimator::ReinforcePp => whiten(rewards),
+        AdvantageEstimator::ReinforcePpBaseline => {
+            let centred: Vec<f64> = rewards
+                .iter()
+                .zip(&grouped.values)
+                .map(|(r, a)| if r.is_finite() { *a } else { f64::NAN })
+                .collect();
+            whiten(&centred)
+        }
+    };
+    Advantages { values, ..grouped }
+}
+
+/// (v − mean) / (std + 1e-4) over the finite values of the batch; NaN becomes 0.
+fn whiten(values: &[f64]) -> Vec<f64> {
+    let (mean, std) = mean_std(values.iter().copied());
+    values
+        .iter()
+        .map(|v| {
+            let a = (v - mean) / (std + STD_FLOOR);
+            if a.is_finite() { a } else { 0.0 }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +179,46 @@ mod tests {
         let b = group_advantages(&[f64::NAN, 1.0], 2, ScaleRewards::Group);
         close(&b.values, &[0.0, 0.0]);
         assert!(b.values.iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn rloo_subtracts_the_mean_of_the_others() {
+        let a = advantages(
+            &[1.0, 0.0, 0.0, 3.0, 3.0],
+            5,
+            AdvantageEstimator::Rloo,
+            ScaleRewards::Group,
+        );
+        // r_0 = 1, others mean (0+0+3+3)/4 = 1.5 → −0.5; r_3 = 3, others (1+0+0+3)/4 = 1 → 2.
+        close(&a.values, &[-0.5, -1.75, -1.75, 2.0, 2.0]);
+    }
+
+    #[test]
+    fn reinforce_pp_whitens_over_the_batch() {
+        let rewards = [0.0, 2.0, 1.0, 1.0];
+        let std = (2.0f64 / 3.0).sqrt() + 1e-4;
+        let plain = advantages(
+            &rewards,
+            2,
+            AdvantageEstimator::ReinforcePp,
+            ScaleRewards::Group,
+        );
+        close(&plain.values, &[-1.0 / std, 1.0 / std, 0.0, 0.0]);
+        // With the group baseline: centred (−1, 1, 0, 0), whitened by their std.
+        let based = advantages(
+            &rewards,
+            2,
+            AdvantageEstimator::ReinforcePpBaseline,
+            ScaleRewards::Group,
+        );
+        close(&based.values, &[-1.0 / std, 1.0 / std, 0.0, 0.0]);
+        let shifted = advantages(
+            &[5.0, 7.0, 1.0, 1.0],
+            2,
+            AdvantageEstimator::ReinforcePpBaseline,
+            ScaleRewards::Group,
+        );
+        close(&shifted.values, &based.values);
+        assert_eq!(shifted.frac_reward_zero_std, 0.5);
     }
 }

@@ -8,11 +8,11 @@
 //! `train.batch_size` completions.
 
 use super::Objective;
-use super::advantage::group_advantages;
+use super::advantage::{advantages, group_advantages};
 use super::batch::{DataOrder, completion_logprobs, length_mask, padded_floats, step_seed};
 use super::loss::{BatchShare, LossStats, PolicyLossConfig, policy_loss};
 use super::pretrain::filter_records;
-use crate::config::run::{RlSection, ScaleRewards};
+use crate::config::run::{Algorithm, RlSection, ScaleRewards};
 use crate::config::{RunConfig, TaskConfig};
 use crate::model::Model;
 use crate::reward::{RewardSet, Sample, Scored};
@@ -268,7 +268,12 @@ impl Grpo {
         kept.truncate(wanted);
         let mut rollouts: Vec<Rollout> = kept.into_iter().flatten().collect();
         let totals: Vec<f64> = rollouts.iter().map(|r| r.scored.total).collect();
-        let advantages = group_advantages(&totals, group, self.rl.scale_rewards);
+        let advantages = advantages(
+            &totals,
+            group,
+            self.rl.advantage_estimator,
+            self.rl.scale_rewards,
+        );
         for (rollout, advantage) in rollouts.iter_mut().zip(&advantages.values) {
             rollout.advantage = *advantage;
         }
@@ -555,6 +560,16 @@ fn reference_model(config: &RunConfig, policy: &Model) -> Result<Model> {
 }
 
 pub fn run(config: &RunConfig, options: super::StartOptions) -> Result<PathBuf> {
+    if config
+        .rl
+        .as_ref()
+        .is_some_and(|rl| rl.algorithm == Algorithm::Ppo)
+    {
+        bail!(
+            "rl.algorithm: ppo is not implemented yet; use grpo (with rl.advantage_estimator \
+             grpo, rloo, reinforce_pp or reinforce_pp_baseline)"
+        );
+    }
     let (model, tokenizer_path) = super::initial_model(config)?;
     let mut objective = Grpo::new(config, &tokenizer_path, &model)?;
     super::train(

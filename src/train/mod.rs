@@ -12,6 +12,7 @@ pub mod grpo;
 pub mod loss;
 pub mod optim;
 pub mod pretrain;
+pub mod reward_model;
 pub mod sft;
 
 use crate::config::RunConfig;

@@ -15,7 +15,7 @@ use crate::reward::{RewardSet, Sample, Scored};
 use crate::sample::{self, Completion, SamplingParams};
 use crate::tokenizer::Tokenizer;
 use crate::train::batch::step_seed;
-use crate::train::grpo::{Prompt, load_prompts};
+use crate::train::rollout::{Prompt, load_prompts};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};

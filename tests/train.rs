@@ -520,3 +520,70 @@ fn a_reward_model_learns_synthetic_preferences_and_scores_a_task() {
     assert!(scored[0].total > scored[1].total, "{scored:?}");
     assert!(scored[0].per_function[0].infra_error.is_none());
 }
+
+#[test]
+fn ppo_with_a_value_head_raises_the_reward_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let rl = "algorithm: ppo\n  ppo: {num_ppo_epochs: 2, num_mini_batches: 2, kl_coef: 0.01, kl_target: 0.5}";
+    let path = rl_config_with_lr(
+        dir.path(),
+        "ppo",
+        rl,
+        "max_steps: 40\n  save_steps: 20",
+        2e-2,
+    );
+    let config = RunConfig::load(&path).unwrap();
+    let model = train::grpo::run(&config, StartOptions::default()).unwrap();
+    let rows = metrics(&config.run_dir());
+    let (first, last) = (mean(&rows[..8], "reward"), mean(&rows[32..], "reward"));
+    eprintln!("PPO mean reward: first 8 steps {first:.3}, last 8 steps {last:.3}");
+    assert!(
+        last > first + 0.2,
+        "mean reward went from {first:.3} to {last:.3}"
+    );
+    for key in [
+        "kl",
+        "kl_coef",
+        "policy/pg_loss",
+        "value/vf_loss",
+        "value/clipfrac",
+        "policy/clipfrac",
+        "values/mean",
+    ] {
+        assert!(
+            rows[0].get(key).is_some(),
+            "metrics lack {key}: {}",
+            rows[0]
+        );
+    }
+    // The adaptive controller moved the coefficient, and the value head is saved.
+    assert_ne!(rows.last().unwrap()["kl_coef"].as_f64(), Some(0.01));
+    let saved = Model::load(&model, tch::Device::Cpu, Dtype::F32).unwrap();
+    assert!(saved.value_head.is_some());
+    // Resuming from the step-20 checkpoint gives the same metrics.
+    let expected = comparable(rows);
+    let run = RunDir {
+        dir: config.run_dir(),
+    };
+    std::fs::remove_dir_all(run.checkpoint_dir(40)).unwrap();
+    train::grpo::run(
+        &config,
+        StartOptions {
+            resume: true,
+            overwrite: false,
+        },
+    )
+    .unwrap();
+    let resumed = comparable(metrics(&config.run_dir()));
+    for (a, b) in resumed.iter().zip(&expected) {
+        for (key, value) in b.as_object().unwrap() {
+            assert_eq!(
+                a.get(key),
+                Some(value),
+                "step {}: {key} differs after resume",
+                b["step"]
+            );
+        }
+    }
+    assert_eq!(resumed.len(), expected.len());
+}

@@ -97,7 +97,7 @@ fn run_both(bench: &RlBench, dir: &Path) -> Result<()> {
         median("time/update")?,
     );
     let completion = median("completions/mean_length")?;
-    let prompt_tokens = crate::train::grpo::load_prompts(
+    let prompt_tokens = crate::train::rollout::load_prompts(
         &crate::config::TaskConfig::load(&dir.join("task.yaml"))?,
         &dir.join("task.yaml"),
         &tokenizer,
@@ -146,7 +146,7 @@ fn trl_step(
     }
     let task_path = config.task.clone().context("no task")?;
     let tokenizer = Tokenizer::load(&model_dir.join("tokenizer.json"))?;
-    let prompts: Vec<String> = crate::train::grpo::load_prompts(
+    let prompts: Vec<String> = crate::train::rollout::load_prompts(
         &crate::config::TaskConfig::load(&task_path)?,
         &task_path,
         &tokenizer,

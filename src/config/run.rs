@@ -316,6 +316,61 @@ pub struct RlSection {
     /// DAPO dynamic sampling: at most this many extra prompt draws per step to replace
     /// groups whose rewards have zero spread; 0 disables it.
     pub dynamic_sampling_max_draws: usize,
+    /// PPO's settings (algorithm: ppo).
+    pub ppo: PpoSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PpoSection {
+    /// GAE discount and smoothing.
+    #[serde(deserialize_with = "unit_interval")]
+    pub gamma: f64,
+    #[serde(deserialize_with = "unit_interval")]
+    pub lam: f64,
+    /// Weight of the value loss.
+    #[serde(deserialize_with = "non_negative_f64")]
+    pub vf_coef: f64,
+    /// Values move at most this far from the rollout's values (clipped value loss).
+    #[serde(deserialize_with = "non_negative_f64")]
+    pub cliprange_value: f64,
+    /// Per-token KL penalty (k1) in the reward; adapted when `kl_target` is set.
+    #[serde(deserialize_with = "non_negative_f64")]
+    pub kl_coef: f64,
+    #[serde(deserialize_with = "optional_non_negative_f64")]
+    pub kl_target: Option<f64>,
+    #[serde(deserialize_with = "positive_f64")]
+    pub kl_horizon: f64,
+    /// Passes over each rollout batch, and minibatches per pass (one update each).
+    #[serde(deserialize_with = "positive_usize")]
+    pub num_ppo_epochs: usize,
+    #[serde(deserialize_with = "positive_usize")]
+    pub num_mini_batches: usize,
+    pub whiten_advantages: bool,
+}
+
+impl Default for PpoSection {
+    fn default() -> Self {
+        Self {
+            gamma: 1.0,
+            lam: 0.95,
+            vf_coef: 0.1,
+            cliprange_value: 0.2,
+            kl_coef: 0.05,
+            kl_target: None,
+            kl_horizon: 10_000.0,
+            num_ppo_epochs: 4,
+            num_mini_batches: 1,
+            whiten_advantages: true,
+        }
+    }
+}
+
+impl PpoSection {
+    /// Optimizer steps per rollout batch.
+    pub fn updates_per_batch(&self) -> usize {
+        self.num_ppo_epochs * self.num_mini_batches
+    }
 }
 
 impl Default for RlSection {
@@ -337,6 +392,7 @@ impl Default for RlSection {
             num_iterations: 1,
             mask_truncated_completions: false,
             dynamic_sampling_max_draws: 0,
+            ppo: PpoSection::default(),
         }
     }
 }
@@ -405,6 +461,16 @@ impl RunConfig {
             (Some(_), None) => {}
         }
         if let Some(rl) = &self.rl {
+            let updates = rl.ppo.updates_per_batch();
+            if rl.algorithm == Algorithm::Ppo && !self.train.save_steps.is_multiple_of(updates) {
+                return Err(fail(
+                    "train.save_steps",
+                    format!(
+                        "must be a multiple of rl.ppo.num_ppo_epochs × num_mini_batches ({updates}) \
+                         so that a checkpoint never falls inside one rollout batch's updates"
+                    ),
+                ));
+            }
             if rl.num_iterations > 1 && !self.train.save_steps.is_multiple_of(rl.num_iterations) {
                 return Err(fail(
                     "train.save_steps",

@@ -19,26 +19,43 @@ pub struct Model {
     pub transformer: Transformer,
     /// Reward models' scalar head (`score.weight`, [1, hidden]).
     pub score: Option<Tensor>,
+    /// PPO's value head on the policy (`v_head.weight`, [1, hidden]); config.json marks
+    /// it with `rlvr_value_head: true` so that checkpoints load it back.
+    pub value_head: Option<Tensor>,
 }
+
+const VALUE_HEAD_FLAG: &str = "rlvr_value_head";
 
 impl Model {
     /// A randomly initialised model (for from-scratch training and tests).
     pub fn random(config: &ModelConfig, device: Device, dtype: Dtype) -> Result<Self> {
         let mut vs = nn::VarStore::new(device);
         let transformer = Transformer::new(&vs.root(), config)?;
-        let score = config.is_reward_model().then(|| {
-            let init = nn::Init::Randn {
-                mean: 0.0,
-                stdev: 0.02,
-            };
-            (vs.root() / "score").var("weight", &[1, config.hidden_size as i64], init)
-        });
+        let score = config
+            .is_reward_model()
+            .then(|| new_head(&vs, "score", config.hidden_size));
+        let value_head = (config.extra.get(VALUE_HEAD_FLAG) == Some(&true.into()))
+            .then(|| new_head(&vs, "v_head", config.hidden_size));
         vs.set_kind(kind_of(dtype));
         Ok(Self {
             vs,
             transformer,
             score,
+            value_head,
         })
+    }
+
+    /// Gives the policy a value head (PPO), unless it has one.
+    pub fn add_value_head(&mut self) {
+        if self.value_head.is_none() {
+            let kind = self.vs.kind();
+            self.value_head = Some(new_head(&self.vs, "v_head", self.config().hidden_size));
+            self.vs.set_kind(kind);
+            self.transformer
+                .config
+                .extra
+                .insert(VALUE_HEAD_FLAG.into(), true.into());
+        }
     }
 
     /// A reward model initialised from a policy checkpoint: its weights, plus a new
@@ -158,6 +175,15 @@ pub fn staging_dir(dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(&staging)
         .with_context(|| format!("cannot create {}", staging.display()))?;
     Ok(staging)
+}
+
+/// A [1, hidden] linear head `name.weight`, initialised like transformers' heads.
+fn new_head(vs: &nn::VarStore, name: &str, hidden: usize) -> Tensor {
+    let init = nn::Init::Randn {
+        mean: 0.0,
+        stdev: 0.02,
+    };
+    (vs.root() / name).var("weight", &[1, hidden as i64], init)
 }
 
 fn kind_of(dtype: Dtype) -> Kind {

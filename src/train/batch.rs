@@ -124,6 +124,25 @@ pub fn completion_logprobs(
     completions: &[&[i64]],
     temperature: f64,
 ) -> Result<(Tensor, Tensor)> {
+    let forward = completion_forward(model, prompts, completions, temperature)?;
+    Ok((forward.logprobs, forward.entropy))
+}
+
+/// What one forward pass over prompts + completions gives the RL losses.
+pub struct CompletionForward {
+    pub logprobs: Tensor,
+    pub entropy: Tensor,
+    /// Hidden states at the positions that predict each completion token
+    /// [rows, longest completion, hidden] (PPO's values read them).
+    pub hidden: Tensor,
+}
+
+pub fn completion_forward(
+    model: &Transformer,
+    prompts: &[&[i64]],
+    completions: &[&[i64]],
+    temperature: f64,
+) -> Result<CompletionForward> {
     let device = model.device();
     let prompt_width = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
     let completion_width = completions
@@ -155,9 +174,8 @@ pub fn completion_logprobs(
     let hidden = model.hidden_states(&ids, &positions, &real, None)?;
     // Only the positions that predict completion tokens need the vocabulary head.
     let (p, c) = (prompt_width as i64, completion_width as i64);
-    let logits = model
-        .logits(&hidden.narrow(1, p - 1, c))
-        .to_kind(Kind::Float);
+    let hidden = hidden.narrow(1, p - 1, c);
+    let logits = model.logits(&hidden).to_kind(Kind::Float);
     let log_softmax = (logits / temperature).log_softmax(-1, Kind::Float);
     let targets = ids.narrow(1, p, c).unsqueeze(-1);
     let logprobs = log_softmax.gather(-1, &targets, false).squeeze_dim(-1);
@@ -165,7 +183,11 @@ pub fn completion_logprobs(
         let lsm = log_softmax.detach();
         -(lsm.exp() * &lsm).sum_dim_intlist(-1, false, Kind::Float)
     });
-    Ok((logprobs, entropy))
+    Ok(CompletionForward {
+        logprobs,
+        entropy,
+        hidden,
+    })
 }
 
 /// [rows, width] float mask with `lengths[i]` leading ones in row i.

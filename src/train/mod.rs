@@ -11,8 +11,10 @@ pub mod batch;
 pub mod grpo;
 pub mod loss;
 pub mod optim;
+pub mod ppo;
 pub mod pretrain;
 pub mod reward_model;
+pub mod rollout;
 pub mod sft;
 
 use crate::config::RunConfig;

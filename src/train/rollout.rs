@@ -1,0 +1,354 @@
+//! Rollouts shared by the RL objectives (GRPO and PPO): the task's prompts, sampling
+//! completions with the KV cache, scoring them with the task's rewards, the frozen
+//! reference's log-probs, reward metrics and samples.jsonl.
+
+use super::batch::{DataOrder, completion_logprobs, step_seed};
+use super::pretrain::filter_records;
+use crate::config::run::RlSection;
+use crate::config::{RunConfig, TaskConfig};
+use crate::model::Model;
+use crate::reward::{RewardSet, Sample, Scored};
+use crate::run::{Metrics, RunDir};
+use crate::sample::{self, Completion, FinishReason, SamplingParams};
+use crate::tokenizer::{Message, Tokenizer};
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::Tensor;
+
+/// A task record ready to prompt with.
+pub struct Prompt {
+    pub record: Value,
+    /// The rendered prompt text (what reward functions see as the prompt).
+    pub text: String,
+    /// Chat-templated ids, ending with the assistant header.
+    pub ids: Vec<i64>,
+}
+
+/// One sampled completion with everything the update and the logs need.
+pub struct Rollout {
+    pub prompt: usize,
+    pub completion: Completion,
+    pub text: String,
+    pub scored: Scored,
+    /// The advantage the update gives the sequence (for the logs).
+    pub advantage: f64,
+}
+
+pub struct RolloutSource {
+    pub rl: RlSection,
+    pub micro_batch: usize,
+    seed: u64,
+    pub sample_log_steps: usize,
+    pub prompts: Vec<Prompt>,
+    rewards: RewardSet,
+    reward_names: Vec<String>,
+    tokenizer: Tokenizer,
+    stop_token_ids: Vec<i64>,
+    pub reference: Option<Model>,
+    order: DataOrder,
+    /// Prompts drawn so far (dynamic sampling draws a varying number per step).
+    pub cursor: usize,
+}
+
+/// The task's records as prompts; records lacking the answer field or whose prompt
+/// cannot be rendered are an error naming the record, or skipped (`on_bad_record`).
+pub fn load_prompts(
+    task: &TaskConfig,
+    task_path: &Path,
+    tokenizer: &Tokenizer,
+    on_bad: crate::config::run::OnBadRecord,
+) -> Result<Vec<Prompt>> {
+    let task_dir = task_path.parent().unwrap_or(Path::new("."));
+    let records = crate::data::load_records(task, task_dir)?;
+    filter_records(&records, task_path, on_bad, |record| {
+        if let Some(field) = &task.answer_field
+            && record.get(field).is_none_or(Value::is_null)
+        {
+            bail!("no answer field `{field}`");
+        }
+        let text = crate::data::render_prompt(&task.prompt, record)?;
+        let mut messages = Vec::new();
+        if let Some(system) = &task.system_prompt {
+            messages.push(Message {
+                role: "system".into(),
+                content: system.clone(),
+            });
+        }
+        messages.push(Message {
+            role: "user".into(),
+            content: text.clone(),
+        });
+        let ids = tokenizer.render_chat(&messages, true)?.ids;
+        Ok(Prompt {
+            record: record.clone(),
+            text,
+            ids,
+        })
+    })
+}
+
+impl RolloutSource {
+    pub fn new(
+        config: &RunConfig,
+        tokenizer_path: &Path,
+        policy: &Model,
+        needs_reference: bool,
+    ) -> Result<Self> {
+        let rl = config
+            .rl
+            .clone()
+            .context("an RL run needs an `rl` section")?;
+        let task_path = config.task.clone().context("an RL run needs a `task`")?;
+        let task = TaskConfig::load(&task_path)?;
+        let tokenizer = Tokenizer::load(tokenizer_path)?;
+        let prompts = load_prompts(&task, &task_path, &tokenizer, config.train.on_bad_record)?;
+        if prompts.is_empty() {
+            bail!("{}: no usable prompts", task_path.display());
+        }
+        let task_dir = task_path.parent().unwrap_or(Path::new("."));
+        let rewards = RewardSet::from_task(&task, task_dir)
+            .with_context(|| format!("{}: cannot build the rewards", task_path.display()))?;
+        let mut stop_token_ids = policy.config().eos_token_ids();
+        stop_token_ids.extend(tokenizer.token_id(tokenizer.chat_format.end_token()));
+        let reference = if needs_reference {
+            Some(reference_model(config, policy)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            micro_batch: config.train.batch_size,
+            seed: config.seed,
+            sample_log_steps: config.train.sample_log_steps,
+            order: DataOrder::new(prompts.len(), config.seed),
+            reward_names: rewards.names().iter().map(|s| s.to_string()).collect(),
+            prompts,
+            rewards,
+            tokenizer,
+            stop_token_ids,
+            reference,
+            cursor: 0,
+            rl,
+        })
+    }
+
+    /// Samples and scores one draw of `prompts_per_step` prompts × G completions.
+    pub fn draw(
+        &mut self,
+        model: &Model,
+        step: usize,
+        draw: u64,
+        timing: &mut Metrics,
+    ) -> Result<Vec<Rollout>> {
+        let group = self.rl.num_generations;
+        let picks: Vec<usize> = (0..self.rl.prompts_per_step)
+            .map(|i| self.order.get(self.cursor + i))
+            .collect();
+        self.cursor += picks.len();
+        let rows: Vec<Vec<i64>> = picks
+            .iter()
+            .flat_map(|&p| std::iter::repeat_n(self.prompts[p].ids.clone(), group))
+            .collect();
+        let params = SamplingParams {
+            max_new_tokens: self.rl.max_completion_length,
+            temperature: self.rl.temperature,
+            top_k: self.rl.top_k,
+            top_p: self.rl.top_p,
+            stop_token_ids: self.stop_token_ids.clone(),
+            stop_strings: Vec::new(),
+            seed: step_seed(self.seed, step, draw),
+        };
+        let started = Instant::now();
+        let completions = sample::generate(&model.transformer, &rows, &params, None)?;
+        *timing.entry("time/sample".into()).or_default() += started.elapsed().as_secs_f64();
+
+        let started = Instant::now();
+        // Checkpoints often pad the embedding past the tokenizer (Qwen2: 151936 rows for
+        // 151665 tokens); ids there have no text and decode to nothing.
+        let known = self.tokenizer.vocab_size() as i64;
+        let texts: Vec<String> = completions
+            .iter()
+            .map(|c| {
+                let ids: Vec<i64> = c
+                    .token_ids
+                    .iter()
+                    .copied()
+                    .filter(|&id| id < known)
+                    .collect();
+                self.tokenizer.decode(&ids, true)
+            })
+            .collect::<Result<_>>()?;
+        let owners: Vec<usize> = picks
+            .iter()
+            .flat_map(|&p| std::iter::repeat_n(p, group))
+            .collect();
+        let samples: Vec<Sample> = owners
+            .iter()
+            .zip(&texts)
+            .zip(&completions)
+            .map(|((&p, text), completion)| Sample {
+                record: &self.prompts[p].record,
+                prompt: &self.prompts[p].text,
+                completion: text,
+                completion_tokens: completion.token_ids.len(),
+            })
+            .collect();
+        let scored = self.rewards.score_batch(&samples);
+        *timing.entry("time/score".into()).or_default() += started.elapsed().as_secs_f64();
+        Ok(owners
+            .into_iter()
+            .zip(completions)
+            .zip(texts)
+            .zip(scored)
+            .map(|(((prompt, completion), text), scored)| Rollout {
+                prompt,
+                completion,
+                text,
+                scored,
+                advantage: 0.0,
+            })
+            .collect())
+    }
+
+    pub fn reference_logprobs(
+        &self,
+        reference: &Model,
+        rollouts: &[Rollout],
+    ) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(rollouts.len());
+        for chunk in rollouts.chunks(self.micro_batch) {
+            let (logprobs, _) = tch::no_grad(|| self.forward(reference, chunk))?;
+            for (row, rollout) in chunk.iter().enumerate() {
+                let n = rollout.completion.token_ids.len() as i64;
+                let values: Vec<f32> = Vec::try_from(logprobs.get(row as i64).narrow(0, 0, n))?;
+                out.push(values);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn forward(&self, model: &Model, rollouts: &[Rollout]) -> Result<(Tensor, Tensor)> {
+        let prompts: Vec<&[i64]> = rollouts
+            .iter()
+            .map(|r| self.prompts[r.prompt].ids.as_slice())
+            .collect();
+        let completions: Vec<&[i64]> = rollouts
+            .iter()
+            .map(|r| r.completion.token_ids.as_slice())
+            .collect();
+        completion_logprobs(
+            &model.transformer,
+            &prompts,
+            &completions,
+            self.rl.temperature,
+        )
+    }
+
+    pub fn reward_metrics(&self, rollouts: &[Rollout], metrics: &mut Metrics) {
+        let n = rollouts.len().max(1) as f64;
+        let stats = |values: Vec<f64>| {
+            let mean = values.iter().sum::<f64>() / n;
+            let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+            (mean, var.sqrt())
+        };
+        let (mean, std) = stats(rollouts.iter().map(|r| r.scored.total).collect());
+        metrics.insert("reward".into(), mean);
+        metrics.insert("reward_std".into(), std);
+        for (f, name) in self.reward_names.iter().enumerate() {
+            let (mean, std) = stats(
+                rollouts
+                    .iter()
+                    .map(|r| r.scored.per_function[f].value)
+                    .collect(),
+            );
+            metrics.insert(format!("rewards/{name}/mean"), mean);
+            metrics.insert(format!("rewards/{name}/std"), std);
+        }
+        // The task's first reward is its correctness check.
+        let solved = rollouts
+            .iter()
+            .filter(|r| {
+                r.scored
+                    .per_function
+                    .first()
+                    .is_some_and(|s| s.value >= 1.0)
+            })
+            .count();
+        metrics.insert("accuracy".into(), solved as f64 / n);
+        let infra = rollouts
+            .iter()
+            .flat_map(|r| &r.scored.per_function)
+            .filter(|s| s.infra_error.is_some())
+            .count();
+        metrics.insert("reward_infra_errors".into(), infra as f64);
+        let lengths: Vec<usize> = rollouts
+            .iter()
+            .map(|r| r.completion.token_ids.len())
+            .collect();
+        metrics.insert(
+            "completions/mean_length".into(),
+            lengths.iter().sum::<usize>() as f64 / n,
+        );
+        metrics.insert(
+            "completions/max_length".into(),
+            lengths.iter().copied().max().unwrap_or(0) as f64,
+        );
+        let truncated = rollouts
+            .iter()
+            .filter(|r| r.completion.finish_reason == FinishReason::Length)
+            .count();
+        metrics.insert("completions/clipped_ratio".into(), truncated as f64 / n);
+    }
+
+    pub fn log_samples(&self, run: &RunDir, step: usize, rollouts: &[Rollout]) -> Result<()> {
+        let rows: Vec<Value> = rollouts
+            .iter()
+            .map(|r| {
+                let rewards: serde_json::Map<String, Value> = self
+                    .reward_names
+                    .iter()
+                    .zip(&r.scored.per_function)
+                    .map(|(name, s)| (name.clone(), json!({"value": s.value, "reason": s.reason})))
+                    .collect();
+                json!({
+                    "step": step,
+                    "prompt": self.prompts[r.prompt].text,
+                    "completion": r.text,
+                    "reward": r.scored.total,
+                    "rewards": rewards,
+                    "advantage": r.advantage,
+                    "tokens": r.completion.token_ids.len(),
+                    "finish_reason": r.completion.finish_reason,
+                })
+            })
+            .collect();
+        run.log_samples(&rows)
+    }
+}
+
+/// The frozen KL reference: `model.reference`, or the policy's starting weights.
+pub fn reference_model(config: &RunConfig, policy: &Model) -> Result<Model> {
+    let path: PathBuf = match (&config.model.reference, &config.model.path) {
+        (Some(reference), _) => reference.clone(),
+        (None, Some(path)) => path.clone(),
+        (None, None) => bail!(
+            "rl.beta > 0 needs a reference model: set model.reference (a new model has no \
+             starting weights on disk)"
+        ),
+    };
+    let reference = Model::load(&path, policy.vs.device(), config.model.dtype)
+        .with_context(|| format!("model.reference: cannot load {}", path.display()))?;
+    if reference.config().vocab_size != policy.config().vocab_size {
+        bail!(
+            "model.reference {}: vocab_size {} differs from the policy's {}",
+            path.display(),
+            reference.config().vocab_size,
+            policy.config().vocab_size
+        );
+    }
+    for mut variable in reference.vs.trainable_variables() {
+        let _ = variable.requires_grad_(false);
+    }
+    Ok(reference)
+}

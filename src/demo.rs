@@ -67,46 +67,25 @@ impl DemoTask {
     /// Training items (the same as the RL task's generator gives) and held-out items
     /// whose questions never occur in training.
     fn items(self) -> Result<(Vec<Item>, Vec<Item>)> {
-        let (train, candidates): (Vec<Item>, Vec<Item>) = match self {
+        let (train, candidates) = match self {
             Self::Arithmetic => {
                 let params = ArithmeticParams {
                     min_digits: 1,
                     max_digits: 3,
                 };
-                let to_items = |items: Vec<arithmetic::ArithmeticItem>| -> Result<Vec<Item>> {
-                    items
-                        .into_iter()
-                        .map(|i| {
-                            Ok(Item {
-                                record: serde_json::to_value(&i)?,
-                                question: i.question,
-                                solution: i.solution,
-                            })
-                        })
-                        .collect()
-                };
+                let text =
+                    |i: &arithmetic::ArithmeticItem| (i.question.clone(), i.solution.clone());
                 (
-                    to_items(arithmetic::generate(params, 5000, 1))?,
-                    to_items(arithmetic::generate(params, HELD_OUT_ITEMS * 2, 2))?,
+                    to_items(arithmetic::generate(params, 5000, 1), text)?,
+                    to_items(arithmetic::generate(params, HELD_OUT_ITEMS * 2, 2), text)?,
                 )
             }
             Self::Code => {
                 let params = FunctionParams { max_constant: 999 };
-                let to_items = |items: Vec<functions::FunctionItem>| -> Result<Vec<Item>> {
-                    items
-                        .into_iter()
-                        .map(|i| {
-                            Ok(Item {
-                                record: serde_json::to_value(&i)?,
-                                question: i.question,
-                                solution: i.solution,
-                            })
-                        })
-                        .collect()
-                };
+                let text = |i: &functions::FunctionItem| (i.question.clone(), i.solution.clone());
                 (
-                    to_items(functions::generate(params, 2000, 11))?,
-                    to_items(functions::generate(params, HELD_OUT_ITEMS * 2, 12))?,
+                    to_items(functions::generate(params, 2000, 11), text)?,
+                    to_items(functions::generate(params, HELD_OUT_ITEMS * 2, 12), text)?,
                 )
             }
         };
@@ -136,6 +115,24 @@ impl DemoTask {
             _ => solution.to_string(),
         }
     }
+}
+
+/// Generator items as demo items; `text` gives (question, solution).
+fn to_items<T: serde::Serialize>(
+    items: Vec<T>,
+    text: impl Fn(&T) -> (String, String),
+) -> Result<Vec<Item>> {
+    items
+        .into_iter()
+        .map(|item| {
+            let (question, solution) = text(&item);
+            Ok(Item {
+                record: serde_json::to_value(&item)?,
+                question,
+                solution,
+            })
+        })
+        .collect()
 }
 
 pub fn run(fresh: bool, task: DemoTask) -> Result<()> {

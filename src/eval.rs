@@ -215,21 +215,12 @@ fn run_rows(
 ) -> Result<Vec<Row>> {
     const CHUNK: usize = 128;
     let mut out = Vec::with_capacity(rows.len());
-    let known = tokenizer.vocab_size() as i64;
     for (chunk_index, chunk) in rows.chunks(CHUNK).enumerate() {
         let ids: Vec<Vec<i64>> = chunk.iter().map(|&i| prompts[i].ids.clone()).collect();
         let completions = sample::generate(&model.transformer, &ids, &params(chunk_index), None)?;
         let texts: Vec<String> = completions
             .iter()
-            .map(|c| {
-                let ids: Vec<i64> = c
-                    .token_ids
-                    .iter()
-                    .copied()
-                    .filter(|&id| id < known)
-                    .collect();
-                tokenizer.decode(&ids, true)
-            })
+            .map(|c| tokenizer.decode_completion(&c.token_ids))
             .collect::<Result<_>>()?;
         let samples: Vec<Sample> = chunk
             .iter()

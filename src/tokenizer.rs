@@ -150,6 +150,15 @@ impl Tokenizer {
             .map_err(|e| anyhow!("cannot decode: {e}"))
     }
 
+    /// Text of sampled ids. Checkpoints often pad the embedding past the tokenizer
+    /// (Qwen2: 151936 rows for 151665 tokens); ids there have no text and decode to
+    /// nothing. Special tokens are left out.
+    pub fn decode_completion(&self, ids: &[i64]) -> Result<String> {
+        let known = self.vocab_size() as i64;
+        let ids: Vec<i64> = ids.iter().copied().filter(|&id| id < known).collect();
+        self.decode(&ids, true)
+    }
+
     /// Renders a conversation; with `add_generation_prompt` it ends with the header of
     /// an assistant turn, ready for sampling.
     pub fn render_chat(

@@ -6,10 +6,11 @@ use super::{RewardFunction, Sample, Score};
 use crate::config::run::Dtype;
 use crate::model::Model;
 use crate::tokenizer::{Message, Tokenizer};
+use crate::train::batch::right_pad;
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::sync::Mutex;
-use tch::{Device, Tensor};
+use tch::Device;
 
 pub struct ModelReward {
     model: Mutex<Model>,
@@ -57,26 +58,9 @@ impl ModelReward {
             .map_err(|_| anyhow::anyhow!("reward model lock poisoned"))?;
         let mut out = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(64) {
-            let width = chunk.iter().map(Vec::len).max().unwrap_or(1);
-            let (mut ids, mut mask) = (Vec::new(), Vec::new());
-            for row in chunk {
-                ids.extend(
-                    row.iter()
-                        .copied()
-                        .chain(std::iter::repeat_n(0, width - row.len())),
-                );
-                mask.extend(
-                    std::iter::repeat_n(1i64, row.len())
-                        .chain(std::iter::repeat_n(0, width - row.len())),
-                );
-            }
-            let shape = [chunk.len() as i64, width as i64];
-            let rewards = tch::no_grad(|| {
-                model.rewards(
-                    &Tensor::from_slice(&ids).reshape(shape),
-                    &Tensor::from_slice(&mask).reshape(shape),
-                )
-            })?;
+            let rows: Vec<&[i64]> = chunk.iter().map(Vec::as_slice).collect();
+            let (ids, mask) = right_pad(&rows, Device::Cpu);
+            let rewards = tch::no_grad(|| model.rewards(&ids, &mask))?;
             out.extend(Vec::<f64>::try_from(rewards.to_kind(tch::Kind::Double))?);
         }
         Ok(out)

@@ -190,6 +190,21 @@ pub fn completion_forward(
     })
 }
 
+/// Right-pads sequences: ids and the mask of real tokens, both [rows, longest].
+pub fn right_pad(rows: &[&[i64]], device: Device) -> (Tensor, Tensor) {
+    let width = rows.iter().map(|r| r.len()).max().unwrap_or(1);
+    let (mut ids, mut mask) = (Vec::new(), Vec::new());
+    for row in rows {
+        let pad = width - row.len();
+        ids.extend(row.iter().copied().chain(std::iter::repeat_n(0, pad)));
+        mask.extend(std::iter::repeat_n(1i64, row.len()).chain(std::iter::repeat_n(0, pad)));
+    }
+    (
+        to_tensor(ids, rows.len(), device),
+        to_tensor(mask, rows.len(), device),
+    )
+}
+
 /// [rows, width] float mask with `lengths[i]` leading ones in row i.
 pub fn length_mask(lengths: &[usize], width: usize, device: Device) -> Tensor {
     let values: Vec<f32> = lengths

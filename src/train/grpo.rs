@@ -11,7 +11,7 @@ use super::Objective;
 use super::advantage::{advantages, group_advantages};
 use super::batch::{length_mask, padded_floats};
 use super::loss::{BatchShare, LossStats, PolicyLossConfig, policy_loss};
-use super::rollout::{Rollout, RolloutSource};
+use super::rollout::{Rollout, RolloutSource, batch_metrics};
 use crate::config::RunConfig;
 use crate::config::run::{Algorithm, RlSection, ScaleRewards};
 use crate::model::Model;
@@ -167,7 +167,8 @@ impl Objective for Grpo {
         let mut stats = LossStats::default();
         for (chunk_index, chunk) in batch.rollouts.chunks(self.source.micro_batch).enumerate() {
             let first = chunk_index * self.source.micro_batch;
-            let (logprobs, entropy) = self.source.forward(model, chunk)?;
+            let forward = self.source.forward(model, chunk)?;
+            let (logprobs, entropy) = (forward.logprobs, forward.entropy);
             let width = logprobs.size()[1] as usize;
             let mask = length_mask(&lengths[first..first + chunk.len()], width, device);
             let old = if self.rl.num_iterations > 1 {
@@ -209,17 +210,7 @@ impl Objective for Grpo {
             entropy_sum += (entropy * &mask).sum(Kind::Double).double_value(&[]);
             stats.add(&chunk_stats);
         }
-        let mut metrics = if iteration == 0 {
-            batch.metrics.clone()
-        } else {
-            // A reused batch: the same rewards, no new sampling time.
-            batch
-                .metrics
-                .iter()
-                .filter(|(k, _)| !k.starts_with("time/"))
-                .map(|(k, v)| (k.clone(), *v))
-                .collect()
-        };
+        let mut metrics = batch_metrics(&batch.metrics, iteration == 0);
         let tokens = stats.tokens.max(1.0);
         metrics.insert("loss".into(), loss_sum);
         metrics.insert("entropy".into(), entropy_sum / tokens);
@@ -241,11 +232,7 @@ impl Objective for Grpo {
     }
 
     fn restore(&mut self, state: &Value) -> Result<()> {
-        self.source.cursor = state
-            .get("prompt_cursor")
-            .and_then(Value::as_u64)
-            .context("trainer_state.json: objective.prompt_cursor is missing")?
-            as usize;
+        self.source.restore_cursor(state)?;
         self.batch = None;
         Ok(())
     }

@@ -6,8 +6,8 @@
 //! With `kl_target`, the KL coefficient adapts after each batch (Ziegler et al., 2019).
 
 use super::Objective;
-use super::batch::{completion_forward, length_mask, padded_floats, step_seed};
-use super::rollout::{Rollout, RolloutSource};
+use super::batch::{length_mask, padded_floats, step_seed};
+use super::rollout::{Rollout, RolloutSource, batch_metrics};
 use crate::config::RunConfig;
 use crate::config::run::PpoSection;
 use crate::model::Model;
@@ -97,7 +97,7 @@ impl Ppo {
         let (mut logprobs, mut values) = (Vec::new(), Vec::new());
         for chunk in rollouts.chunks(self.source.micro_batch) {
             let (lp, v) = tch::no_grad(|| -> Result<(Tensor, Tensor)> {
-                let forward = self.forward(model, chunk)?;
+                let forward = self.source.forward(model, chunk)?;
                 let v = values_of(model, &forward.hidden)?;
                 Ok((forward.logprobs, v))
             })?;
@@ -108,27 +108,6 @@ impl Ppo {
             }
         }
         Ok((logprobs, values))
-    }
-
-    fn forward(
-        &self,
-        model: &Model,
-        rollouts: &[Rollout],
-    ) -> Result<super::batch::CompletionForward> {
-        let prompts: Vec<&[i64]> = rollouts
-            .iter()
-            .map(|r| self.source.prompts[r.prompt].ids.as_slice())
-            .collect();
-        let completions: Vec<&[i64]> = rollouts
-            .iter()
-            .map(|r| r.completion.token_ids.as_slice())
-            .collect();
-        completion_forward(
-            &model.transformer,
-            &prompts,
-            &completions,
-            self.source.rl.temperature,
-        )
     }
 
     fn rollout_batch(&mut self, model: &Model, step: usize) -> Result<PpoBatch> {
@@ -284,20 +263,7 @@ impl Objective for Ppo {
             (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
         for micro in picks.chunks(self.source.micro_batch) {
             let chunk: Vec<&Rollout> = micro.iter().map(|&i| &batch.rollouts[i]).collect();
-            let prompts: Vec<&[i64]> = chunk
-                .iter()
-                .map(|r| self.source.prompts[r.prompt].ids.as_slice())
-                .collect();
-            let completions: Vec<&[i64]> = chunk
-                .iter()
-                .map(|r| r.completion.token_ids.as_slice())
-                .collect();
-            let forward = completion_forward(
-                &model.transformer,
-                &prompts,
-                &completions,
-                self.source.rl.temperature,
-            )?;
+            let forward = self.source.forward(model, chunk.iter().copied())?;
             let values = values_of(model, &forward.hidden)?;
             let width = forward.logprobs.size()[1] as usize;
             let lengths: Vec<usize> = chunk.iter().map(|r| r.completion.token_ids.len()).collect();
@@ -348,16 +314,7 @@ impl Objective for Ppo {
                     .double_value(&[]);
             });
         }
-        let mut metrics: Metrics = if update == 0 {
-            batch.metrics.clone()
-        } else {
-            batch
-                .metrics
-                .iter()
-                .filter(|(k, _)| !k.starts_with("time/"))
-                .map(|(k, v)| (k.clone(), *v))
-                .collect()
-        };
+        let mut metrics = batch_metrics(&batch.metrics, update == 0);
         let tokens = tokens.max(1.0);
         metrics.insert("loss".into(), pg_sum + self.ppo.vf_coef * vf_sum);
         metrics.insert("policy/pg_loss".into(), pg_sum);
@@ -380,11 +337,7 @@ impl Objective for Ppo {
     }
 
     fn restore(&mut self, state: &Value) -> Result<()> {
-        self.source.cursor = state
-            .get("prompt_cursor")
-            .and_then(Value::as_u64)
-            .context("trainer_state.json: objective.prompt_cursor is missing")?
-            as usize;
+        self.source.restore_cursor(state)?;
         self.kl_coef = state
             .get("kl_coef_bits")
             .and_then(Value::as_u64)

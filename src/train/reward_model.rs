@@ -5,7 +5,7 @@
 //! are held out; their pair accuracy is logged as `eval_accuracy`.
 
 use super::Objective;
-use super::batch::DataOrder;
+use super::batch::{DataOrder, right_pad};
 use super::pretrain::filter_records;
 use crate::config::RunConfig;
 use crate::config::run::RewardModelSection;
@@ -15,7 +15,7 @@ use crate::tokenizer::{Message, Tokenizer};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// A preference pair rendered with the chat template.
 pub struct Pair {
@@ -97,27 +97,6 @@ pub fn load_pairs(
             margin,
         })
     })
-}
-
-/// Right-pads sequences: ids and the mask of real tokens.
-fn right_pad(rows: &[&[i64]], device: Device) -> (Tensor, Tensor) {
-    let width = rows.iter().map(|r| r.len()).max().unwrap_or(1);
-    let (mut ids, mut mask) = (Vec::new(), Vec::new());
-    for row in rows {
-        ids.extend(
-            row.iter()
-                .copied()
-                .chain(std::iter::repeat_n(0, width - row.len())),
-        );
-        mask.extend(
-            std::iter::repeat_n(1i64, row.len()).chain(std::iter::repeat_n(0, width - row.len())),
-        );
-    }
-    let shape = [rows.len() as i64, width as i64];
-    (
-        Tensor::from_slice(&ids).reshape(shape).to_device(device),
-        Tensor::from_slice(&mask).reshape(shape).to_device(device),
-    )
 }
 
 /// Rewards of the chosen and the rejected side of `pairs`.

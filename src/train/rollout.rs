@@ -2,7 +2,7 @@
 //! completions with the KV cache, scoring them with the task's rewards, the frozen
 //! reference's log-probs, reward metrics and samples.jsonl.
 
-use super::batch::{DataOrder, completion_logprobs, step_seed};
+use super::batch::{CompletionForward, DataOrder, completion_forward, step_seed};
 use super::pretrain::filter_records;
 use crate::config::run::RlSection;
 use crate::config::{RunConfig, TaskConfig};
@@ -15,7 +15,6 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tch::Tensor;
 
 /// A task record ready to prompt with.
 pub struct Prompt {
@@ -164,20 +163,9 @@ impl RolloutSource {
         *timing.entry("time/sample".into()).or_default() += started.elapsed().as_secs_f64();
 
         let started = Instant::now();
-        // Checkpoints often pad the embedding past the tokenizer (Qwen2: 151936 rows for
-        // 151665 tokens); ids there have no text and decode to nothing.
-        let known = self.tokenizer.vocab_size() as i64;
         let texts: Vec<String> = completions
             .iter()
-            .map(|c| {
-                let ids: Vec<i64> = c
-                    .token_ids
-                    .iter()
-                    .copied()
-                    .filter(|&id| id < known)
-                    .collect();
-                self.tokenizer.decode(&ids, true)
-            })
+            .map(|c| self.tokenizer.decode_completion(&c.token_ids))
             .collect::<Result<_>>()?;
         let owners: Vec<usize> = picks
             .iter()
@@ -218,7 +206,7 @@ impl RolloutSource {
     ) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(rollouts.len());
         for chunk in rollouts.chunks(self.micro_batch) {
-            let (logprobs, _) = tch::no_grad(|| self.forward(reference, chunk))?;
+            let logprobs = tch::no_grad(|| self.forward(reference, chunk))?.logprobs;
             for (row, rollout) in chunk.iter().enumerate() {
                 let n = rollout.completion.token_ids.len() as i64;
                 let values: Vec<f32> = Vec::try_from(logprobs.get(row as i64).narrow(0, 0, n))?;
@@ -228,16 +216,32 @@ impl RolloutSource {
         Ok(out)
     }
 
-    pub fn forward(&self, model: &Model, rollouts: &[Rollout]) -> Result<(Tensor, Tensor)> {
-        let prompts: Vec<&[i64]> = rollouts
-            .iter()
-            .map(|r| self.prompts[r.prompt].ids.as_slice())
-            .collect();
-        let completions: Vec<&[i64]> = rollouts
-            .iter()
-            .map(|r| r.completion.token_ids.as_slice())
-            .collect();
-        completion_logprobs(
+    /// The prompt cursor from a checkpoint's objective state.
+    pub fn restore_cursor(&mut self, state: &Value) -> Result<()> {
+        self.cursor = state
+            .get("prompt_cursor")
+            .and_then(Value::as_u64)
+            .context("trainer_state.json: objective.prompt_cursor is missing")?
+            as usize;
+        Ok(())
+    }
+
+    /// One forward pass of `model` over the rollouts' prompts and completions.
+    pub fn forward<'a>(
+        &self,
+        model: &Model,
+        rollouts: impl IntoIterator<Item = &'a Rollout>,
+    ) -> Result<CompletionForward> {
+        let (prompts, completions): (Vec<&[i64]>, Vec<&[i64]>) = rollouts
+            .into_iter()
+            .map(|r| {
+                (
+                    self.prompts[r.prompt].ids.as_slice(),
+                    r.completion.token_ids.as_slice(),
+                )
+            })
+            .unzip();
+        completion_forward(
             &model.transformer,
             &prompts,
             &completions,
@@ -328,6 +332,16 @@ impl RolloutSource {
 }
 
 /// The frozen KL reference: `model.reference`, or the policy's starting weights.
+/// A step's metrics from its batch's: all of them on the batch's first update; on the
+/// updates that reuse the batch, the same rewards but no sampling time.
+pub fn batch_metrics(metrics: &Metrics, first_update: bool) -> Metrics {
+    metrics
+        .iter()
+        .filter(|(k, _)| first_update || !k.starts_with("time/"))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
+}
+
 pub fn reference_model(config: &RunConfig, policy: &Model) -> Result<Model> {
     let path: PathBuf = match (&config.model.reference, &config.model.path) {
         (Some(reference), _) => reference.clone(),

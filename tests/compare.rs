@@ -127,6 +127,21 @@ fn comparison_statistics_follow_the_items_and_results_are_reused() {
     assert!(
         html.contains("McNemar") && html.contains("tuned") && html.contains("data-kind=\"line\"")
     );
+    assert!(!html.contains("Reward over-optimisation"));
+    // A run whose monitor flagged over-optimisation gets a warning in the report.
+    let metrics = tuned.parent().unwrap().join("metrics.jsonl");
+    let mut text = std::fs::read_to_string(&metrics).unwrap();
+    text += "{\"step\": 13, \"overoptimization/proxy\": 0.9, \"overoptimization/gold\": 0.1, \"overoptimization/flag\": 1.0}\n";
+    std::fs::write(&metrics, text).unwrap();
+    let html = report::render(&comparison);
+    assert!(
+        html.contains("Reward over-optimisation") && html.contains("13–13"),
+        "no warning"
+    );
+    assert!(
+        html.contains("gold reward"),
+        "the proxy and gold curves are plotted"
+    );
 }
 
 #[test]

@@ -519,6 +519,42 @@ fn a_reward_model_learns_synthetic_preferences_and_scores_a_task() {
     ]);
     assert!(scored[0].total > scored[1].total, "{scored:?}");
     assert!(scored[0].per_function[0].infra_error.is_none());
+
+    // RL against the reward model, watched by a gold reward that is not trained on:
+    // the run logs both and the monitor's flag; the gold score stays out of the total.
+    std::fs::write(
+        dir.path().join("rlhf.yaml"),
+        format!(
+            "name: rlhf\nsource: {{generator: arithmetic, num_examples: 8}}\nprompt: \"Write a sentence about {{question}}.\"\n\
+             rewards:\n  - {{kind: reward_model, name: rm, model: {}}}\n  - {{kind: regex, name: short, pattern: '.{{0,12}}', gold: true}}\n",
+            rm.display()
+        ),
+    )
+    .unwrap();
+    let body = format!(
+        "name: rlhf\noutput_dir: {out}\nmodel: {{path: {model}}}\ntask: {out}/rlhf.yaml\n\
+         train: {{max_steps: 3, batch_size: 16}}\nrl: {{prompts_per_step: 2, num_generations: 4, max_completion_length: 8}}\n",
+        out = dir.path().display(),
+        model = model.display()
+    );
+    let config = RunConfig::load(&write_config(dir.path(), "rlhf-run", &body)).unwrap();
+    train::grpo::run(&config, StartOptions::default()).unwrap();
+    for row in metrics(&config.run_dir()) {
+        let (proxy, gold) = (
+            row["overoptimization/proxy"].as_f64().unwrap(),
+            row["overoptimization/gold"].as_f64().unwrap(),
+        );
+        assert_eq!(
+            row["overoptimization/flag"].as_f64(),
+            Some(0.0),
+            "too few batches to judge"
+        );
+        assert!(
+            (row["reward"].as_f64().unwrap() - proxy).abs() < 1e-9,
+            "gold is not trained on: {row}"
+        );
+        assert_eq!(row["rewards/short/mean"].as_f64(), Some(gold));
+    }
 }
 
 #[test]

@@ -17,6 +17,8 @@ const CURVES: &[(&str, &str)] = &[
     ("completions/mean_length", "completion length (tokens)"),
     ("entropy", "entropy"),
     ("loss", "loss"),
+    ("overoptimization/proxy", "learned reward model (proxy)"),
+    ("overoptimization/gold", "gold reward"),
 ];
 
 fn escape(text: &str) -> String {
@@ -60,7 +62,9 @@ pub fn render(comparison: &Comparison) -> String {
     if let Some(plot) = category_plot(comparison) {
         html.push_str(&plot);
     }
-    html.push_str("</div><h2>Training curves</h2><div class=\"plots\">");
+    html.push_str("</div><h2>Training curves</h2>");
+    overoptimization_banner(&mut html, comparison);
+    html.push_str("<div class=\"plots\">");
     let curves = training_curves(comparison);
     if curves.is_empty() {
         html.push_str("<p>No run folders with metrics.jsonl beside these checkpoints.</p>");
@@ -226,6 +230,33 @@ fn training_curves(comparison: &Comparison) -> Vec<String> {
             (!series.is_empty()).then(|| svg::line_chart(title, "step", key, &series, None))
         })
         .collect()
+}
+
+/// A warning for each run whose metrics flag reward over-optimisation.
+fn overoptimization_banner(html: &mut String, comparison: &Comparison) {
+    for entry in &comparison.entries {
+        let Some(run_dir) = entry.evaluation.summary.model.parent() else {
+            continue;
+        };
+        let Ok(rows) = crate::run::RunDir::read_metrics(run_dir) else {
+            continue;
+        };
+        let flagged: Vec<u64> = rows
+            .iter()
+            .filter(|r| r.get("overoptimization/flag").and_then(|v| v.as_f64()) == Some(1.0))
+            .filter_map(|r| r["step"].as_u64())
+            .collect();
+        if let (Some(first), Some(last)) = (flagged.first(), flagged.last()) {
+            let _ = write!(
+                html,
+                "<p class=\"warning\" style=\"background:#fde2e2;padding:8px\"><b>Reward over-optimisation \
+                 in {}:</b> over the last batches the learned reward model's score rose while the gold \
+                 reward fell ({} flagged steps, {first}–{last}).</p>",
+                escape(&entry.label),
+                flagged.len()
+            );
+        }
+    }
 }
 
 /// Up to eight items where the first two checkpoints' greedy answers differ in correctness.

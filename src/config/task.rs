@@ -70,6 +70,10 @@ pub struct RewardSpec {
     pub name: Option<String>,
     #[serde(default = "one", deserialize_with = "non_negative_f64")]
     pub weight: f64,
+    /// A gold reward: logged beside the others but not trained on (its weight is
+    /// ignored), to watch a learned reward model being over-optimised.
+    #[serde(default)]
+    pub gold: bool,
     /// math, exact: the record field with the reference (default: the task's answer_field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer_field: Option<String>,

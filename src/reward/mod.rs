@@ -77,6 +77,10 @@ pub trait RewardFunction: Send + Sync {
 /// A task's reward functions with their names and weights.
 pub struct RewardSet {
     pub functions: Vec<(String, f64, Box<dyn RewardFunction>)>,
+    /// Indices of the gold functions (weight 0 in the total) and of the learned reward
+    /// models they watch (the proxy).
+    pub gold: Vec<usize>,
+    pub proxy: Vec<usize>,
 }
 
 /// Scores of one completion: per function, and the weighted sum.
@@ -95,9 +99,19 @@ impl RewardSet {
         for (i, spec) in task.rewards.iter().enumerate() {
             let function = build(spec, task, task_dir)
                 .map_err(|e| anyhow::anyhow!("rewards[{i}] ({}): {e:#}", spec.display_name()))?;
-            functions.push((spec.display_name(), spec.weight, function));
+            let weight = if spec.gold { 0.0 } else { spec.weight };
+            functions.push((spec.display_name(), weight, function));
         }
-        Ok(Self { functions })
+        let indices = |keep: &dyn Fn(&RewardSpec) -> bool| -> Vec<usize> {
+            (0..task.rewards.len())
+                .filter(|&i| keep(&task.rewards[i]))
+                .collect()
+        };
+        Ok(Self {
+            functions,
+            gold: indices(&|s| s.gold),
+            proxy: indices(&|s| !s.gold && s.kind == RewardKind::RewardModel),
+        })
     }
 
     pub fn names(&self) -> Vec<&str> {

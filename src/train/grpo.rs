@@ -18,7 +18,7 @@ use crate::model::Model;
 use crate::run::{Metrics, RunDir};
 use crate::sample::FinishReason;
 use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Kind, Tensor};
@@ -228,11 +228,11 @@ impl Objective for Grpo {
     }
 
     fn state(&self) -> Value {
-        json!({ "prompt_cursor": self.source.cursor })
+        self.source.state()
     }
 
     fn restore(&mut self, state: &Value) -> Result<()> {
-        self.source.restore_cursor(state)?;
+        self.source.restore(state)?;
         self.batch = None;
         Ok(())
     }

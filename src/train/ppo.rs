@@ -329,15 +329,14 @@ impl Objective for Ppo {
 
     fn state(&self) -> Value {
         // The bits too: a JSON float may not parse back to the very same f64.
-        json!({
-            "prompt_cursor": self.source.cursor,
-            "kl_coef": self.kl_coef,
-            "kl_coef_bits": self.kl_coef.to_bits(),
-        })
+        let mut state = self.source.state();
+        state["kl_coef"] = json!(self.kl_coef);
+        state["kl_coef_bits"] = json!(self.kl_coef.to_bits());
+        state
     }
 
     fn restore(&mut self, state: &Value) -> Result<()> {
-        self.source.restore_cursor(state)?;
+        self.source.restore(state)?;
         self.kl_coef = state
             .get("kl_coef_bits")
             .and_then(Value::as_u64)

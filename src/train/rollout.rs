@@ -49,6 +49,41 @@ pub struct RolloutSource {
     order: DataOrder,
     /// Prompts drawn so far (dynamic sampling draws a varying number per step).
     pub cursor: usize,
+    /// Per batch, the proxy (learned reward model) and gold means, when the task has both.
+    monitor: Vec<(f64, f64)>,
+}
+
+/// Batches the over-optimisation monitor looks back over.
+const MONITOR_WINDOW: usize = 10;
+
+/// Least-squares slope of `values` against their index.
+fn slope(values: &[f64]) -> f64 {
+    let n = values.len() as f64;
+    let mean_x = (n - 1.0) / 2.0;
+    let mean_y = values.iter().sum::<f64>() / n;
+    let (mut covariance, mut variance) = (0.0, 0.0);
+    for (x, y) in values.iter().enumerate() {
+        let dx = x as f64 - mean_x;
+        covariance += dx * (y - mean_y);
+        variance += dx * dx;
+    }
+    if variance > 0.0 {
+        covariance / variance
+    } else {
+        0.0
+    }
+}
+
+/// Reward over-optimisation: over the last `window` batches the proxy (a learned reward
+/// model) trends up while the gold reward trends down.
+pub fn overoptimized(history: &[(f64, f64)], window: usize) -> bool {
+    if history.len() < window || window < 2 {
+        return false;
+    }
+    let recent = &history[history.len() - window..];
+    let proxy: Vec<f64> = recent.iter().map(|p| p.0).collect();
+    let gold: Vec<f64> = recent.iter().map(|p| p.1).collect();
+    slope(&proxy) > 0.0 && slope(&gold) < 0.0
 }
 
 /// The task's records as prompts; records lacking the answer field or whose prompt
@@ -128,6 +163,7 @@ impl RolloutSource {
             stop_token_ids,
             reference,
             cursor: 0,
+            monitor: Vec::new(),
             rl,
         })
     }
@@ -216,14 +252,54 @@ impl RolloutSource {
         Ok(out)
     }
 
-    /// The prompt cursor from a checkpoint's objective state.
-    pub fn restore_cursor(&mut self, state: &Value) -> Result<()> {
+    /// What a checkpoint keeps of the rollouts: the prompt cursor and the monitor's
+    /// history (as f64 bits: a JSON float may not parse back to the same value).
+    pub fn state(&self) -> Value {
+        let monitor: Vec<[u64; 2]> = self
+            .monitor
+            .iter()
+            .map(|(p, g)| [p.to_bits(), g.to_bits()])
+            .collect();
+        json!({ "prompt_cursor": self.cursor, "monitor": monitor })
+    }
+
+    pub fn restore(&mut self, state: &Value) -> Result<()> {
         self.cursor = state
             .get("prompt_cursor")
             .and_then(Value::as_u64)
             .context("trainer_state.json: objective.prompt_cursor is missing")?
             as usize;
+        let monitor: Vec<[u64; 2]> = match state.get("monitor") {
+            Some(value) => serde_json::from_value(value.clone())
+                .context("trainer_state.json: objective.monitor is unreadable")?,
+            None => Vec::new(),
+        };
+        self.monitor = monitor
+            .into_iter()
+            .map(|[p, g]| (f64::from_bits(p), f64::from_bits(g)))
+            .collect();
         Ok(())
+    }
+
+    /// With a learned reward model (proxy) and a gold reward in the task: both means,
+    /// and a flag when the proxy rises while the gold falls.
+    fn monitor_metrics(&mut self, rollouts: &[Rollout], metrics: &mut Metrics) {
+        let (proxy, gold) = (&self.rewards.proxy, &self.rewards.gold);
+        if proxy.is_empty() || gold.is_empty() {
+            return;
+        }
+        let mean = |functions: &[usize]| {
+            let values = rollouts
+                .iter()
+                .flat_map(|r| functions.iter().map(|&f| r.scored.per_function[f].value));
+            values.sum::<f64>() / (rollouts.len() * functions.len()).max(1) as f64
+        };
+        let point = (mean(proxy), mean(gold));
+        self.monitor.push(point);
+        let flagged = overoptimized(&self.monitor, MONITOR_WINDOW);
+        metrics.insert("overoptimization/proxy".into(), point.0);
+        metrics.insert("overoptimization/gold".into(), point.1);
+        metrics.insert("overoptimization/flag".into(), f64::from(u8::from(flagged)));
     }
 
     /// One forward pass of `model` over the rollouts' prompts and completions.
@@ -249,7 +325,8 @@ impl RolloutSource {
         )
     }
 
-    pub fn reward_metrics(&self, rollouts: &[Rollout], metrics: &mut Metrics) {
+    pub fn reward_metrics(&mut self, rollouts: &[Rollout], metrics: &mut Metrics) {
+        self.monitor_metrics(rollouts, metrics);
         let n = rollouts.len().max(1) as f64;
         let stats = |values: Vec<f64>| {
             let mean = values.iter().sum::<f64>() / n;
@@ -365,4 +442,28 @@ pub fn reference_model(config: &RunConfig, policy: &Model) -> Result<Model> {
         let _ = variable.requires_grad_(false);
     }
     Ok(reference)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_monitor_flags_a_rising_proxy_with_a_falling_gold() {
+        let rising_falling: Vec<(f64, f64)> = (0..10)
+            .map(|i| (i as f64 * 0.1, 1.0 - i as f64 * 0.05))
+            .collect();
+        assert!(overoptimized(&rising_falling, 10));
+        assert!(
+            !overoptimized(&rising_falling[..9], 10),
+            "too little history"
+        );
+        let both_rise: Vec<(f64, f64)> = (0..10).map(|i| (i as f64, i as f64)).collect();
+        assert!(!overoptimized(&both_rise, 10));
+        // Only the last window counts: an old decline does not flag a healthy run.
+        let mut recovered = rising_falling.clone();
+        recovered.extend((0..10).map(|i| (1.0 + i as f64 * 0.1, 0.5 + i as f64 * 0.05)));
+        assert!(!overoptimized(&recovered, 10));
+        assert!((slope(&[1.0, 3.0, 5.0]) - 2.0).abs() < 1e-12);
+    }
 }

@@ -623,3 +623,38 @@ fn ppo_with_a_value_head_raises_the_reward_and_resumes() {
     }
     assert_eq!(resumed.len(), expected.len());
 }
+
+#[test]
+fn ppo_can_train_a_separate_critic() {
+    let dir = tempfile::tempdir().unwrap();
+    let rl = "algorithm: ppo\n  ppo: {num_ppo_epochs: 2, num_mini_batches: 1, critic: separate}";
+    let path = rl_config_with_lr(dir.path(), "critic", rl, "max_steps: 8", 2e-2);
+    let config = RunConfig::load(&path).unwrap();
+    let mut base = Model::load(
+        config.model.path.as_ref().unwrap(),
+        tch::Device::Cpu,
+        Dtype::F32,
+    )
+    .unwrap();
+    base.add_critic().unwrap();
+    let variables = base.vs.variables();
+    for (name, value) in &variables {
+        if let Some(source) = name.strip_prefix("critic.") {
+            assert!(value.equal(&variables[source]), "{name} is not a copy");
+        }
+    }
+    let model = train::grpo::run(&config, StartOptions::default()).unwrap();
+    let rows = metrics(&config.run_dir());
+    assert!(
+        rows.iter()
+            .all(|r| r["value/vf_loss"].as_f64().unwrap().is_finite())
+    );
+    let saved = Model::load(&model, tch::Device::Cpu, Dtype::F32).unwrap();
+    assert!(saved.critic.is_some() && saved.value_head.is_some());
+    // The critic started as a copy of the policy and trained apart from it.
+    let variables = saved.vs.variables();
+    let name = "model.layers.0.mlp.up_proj.weight";
+    let (policy, critic) = (&variables[name], &variables[&format!("critic.{name}")]);
+    let difference = (policy - critic).abs().max().double_value(&[]);
+    assert!(difference > 1e-4, "critic and policy weights are the same");
+}

@@ -347,6 +347,17 @@ pub struct PpoSection {
     #[serde(deserialize_with = "positive_usize")]
     pub num_mini_batches: usize,
     pub whiten_advantages: bool,
+    /// The value head on the policy's own hidden states (`shared`), or on a separate
+    /// critic transformer initialised from the policy (`separate`).
+    pub critic: Critic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Critic {
+    #[default]
+    Shared,
+    Separate,
 }
 
 impl Default for PpoSection {
@@ -362,6 +373,7 @@ impl Default for PpoSection {
             num_ppo_epochs: 4,
             num_mini_batches: 1,
             whiten_advantages: true,
+            critic: Critic::Shared,
         }
     }
 }

@@ -22,9 +22,13 @@ pub struct Model {
     /// PPO's value head on the policy (`v_head.weight`, [1, hidden]); config.json marks
     /// it with `rlvr_value_head: true` so that checkpoints load it back.
     pub value_head: Option<Tensor>,
+    /// PPO's separate critic: a second transformer (`critic.*`) under the value head;
+    /// config.json marks it with `rlvr_critic: true`.
+    pub critic: Option<Transformer>,
 }
 
 const VALUE_HEAD_FLAG: &str = "rlvr_value_head";
+const CRITIC_FLAG: &str = "rlvr_critic";
 
 impl Model {
     /// A randomly initialised model (for from-scratch training and tests).
@@ -34,15 +38,48 @@ impl Model {
         let score = config
             .is_reward_model()
             .then(|| new_head(&vs, "score", config.hidden_size));
-        let value_head = (config.extra.get(VALUE_HEAD_FLAG) == Some(&true.into()))
-            .then(|| new_head(&vs, "v_head", config.hidden_size));
+        let flag = |name: &str| config.extra.get(name) == Some(&true.into());
+        let value_head = flag(VALUE_HEAD_FLAG).then(|| new_head(&vs, "v_head", config.hidden_size));
+        let critic = match flag(CRITIC_FLAG) {
+            true => Some(Transformer::new(&(vs.root() / "critic"), config)?),
+            false => None,
+        };
         vs.set_kind(kind_of(dtype));
         Ok(Self {
             vs,
             transformer,
             score,
             value_head,
+            critic,
         })
+    }
+
+    /// Gives PPO a separate critic, a copy of the policy's transformer that learns the
+    /// values apart from the policy (the value head then reads the critic).
+    pub fn add_critic(&mut self) -> Result<()> {
+        if self.critic.is_some() {
+            return Ok(());
+        }
+        let kind = self.vs.kind();
+        let critic = Transformer::new(&(self.vs.root() / "critic"), self.config())?;
+        self.vs.set_kind(kind);
+        let variables = self.vs.variables();
+        tch::no_grad(|| {
+            for (name, variable) in &variables {
+                if let Some(source) = name.strip_prefix("critic.")
+                    && let Some(policy) = variables.get(source)
+                {
+                    let mut target = variable.shallow_clone();
+                    target.copy_(policy);
+                }
+            }
+        });
+        self.critic = Some(critic);
+        self.transformer
+            .config
+            .extra
+            .insert(CRITIC_FLAG.into(), true.into());
+        Ok(())
     }
 
     /// Gives the policy a value head (PPO), unless it has one.

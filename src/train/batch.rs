@@ -143,6 +143,30 @@ pub fn completion_forward(
     completions: &[&[i64]],
     temperature: f64,
 ) -> Result<CompletionForward> {
+    let (ids, hidden) = completion_hidden(model, prompts, completions)?;
+    let (p, c) = (ids.size()[1] - hidden.size()[1], hidden.size()[1]);
+    let logits = model.logits(&hidden).to_kind(Kind::Float);
+    let log_softmax = (logits / temperature).log_softmax(-1, Kind::Float);
+    let targets = ids.narrow(1, p, c).unsqueeze(-1);
+    let logprobs = log_softmax.gather(-1, &targets, false).squeeze_dim(-1);
+    let entropy = tch::no_grad(|| {
+        let lsm = log_softmax.detach();
+        -(lsm.exp() * &lsm).sum_dim_intlist(-1, false, Kind::Float)
+    });
+    Ok(CompletionForward {
+        logprobs,
+        entropy,
+        hidden,
+    })
+}
+
+/// The packed ids [rows, prompt + completion width] and the hidden states at the
+/// positions that predict each completion token [rows, completion width, hidden].
+pub fn completion_hidden(
+    model: &Transformer,
+    prompts: &[&[i64]],
+    completions: &[&[i64]],
+) -> Result<(Tensor, Tensor)> {
     let device = model.device();
     let prompt_width = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
     let completion_width = completions
@@ -172,22 +196,8 @@ pub fn completion_forward(
     let real = to_tensor(real, rows, device);
     let positions = position_ids_from_mask(&real);
     let hidden = model.hidden_states(&ids, &positions, &real, None)?;
-    // Only the positions that predict completion tokens need the vocabulary head.
     let (p, c) = (prompt_width as i64, completion_width as i64);
-    let hidden = hidden.narrow(1, p - 1, c);
-    let logits = model.logits(&hidden).to_kind(Kind::Float);
-    let log_softmax = (logits / temperature).log_softmax(-1, Kind::Float);
-    let targets = ids.narrow(1, p, c).unsqueeze(-1);
-    let logprobs = log_softmax.gather(-1, &targets, false).squeeze_dim(-1);
-    let entropy = tch::no_grad(|| {
-        let lsm = log_softmax.detach();
-        -(lsm.exp() * &lsm).sum_dim_intlist(-1, false, Kind::Float)
-    });
-    Ok(CompletionForward {
-        logprobs,
-        entropy,
-        hidden,
-    })
+    Ok((ids, hidden.narrow(1, p - 1, c)))
 }
 
 /// Right-pads sequences: ids and the mask of real tokens, both [rows, longest].

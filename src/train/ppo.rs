@@ -6,10 +6,10 @@
 //! With `kl_target`, the KL coefficient adapts after each batch (Ziegler et al., 2019).
 
 use super::Objective;
-use super::batch::{length_mask, padded_floats, step_seed};
+use super::batch::{CompletionForward, completion_hidden, length_mask, padded_floats, step_seed};
 use super::rollout::{Rollout, RolloutSource, batch_metrics};
 use crate::config::RunConfig;
-use crate::config::run::PpoSection;
+use crate::config::run::{Critic, PpoSection};
 use crate::model::Model;
 use crate::run::{Metrics, RunDir};
 use anyhow::{Context, Result, bail};
@@ -98,7 +98,7 @@ impl Ppo {
         for chunk in rollouts.chunks(self.source.micro_batch) {
             let (lp, v) = tch::no_grad(|| -> Result<(Tensor, Tensor)> {
                 let forward = self.source.forward(model, chunk)?;
-                let v = values_of(model, &forward.hidden)?;
+                let v = values_of(model, &self.source, &forward, chunk)?;
                 Ok((forward.logprobs, v))
             })?;
             for (row, rollout) in chunk.iter().enumerate() {
@@ -210,8 +210,32 @@ fn whiten(rows: &mut [Vec<f64>]) {
     }
 }
 
+/// Values [rows, tokens]: the value head on the separate critic's hidden states when
+/// there is one, else on the policy's (`forward`).
+fn values_of<'a>(
+    model: &Model,
+    source: &RolloutSource,
+    forward: &CompletionForward,
+    rollouts: impl IntoIterator<Item = &'a Rollout>,
+) -> Result<Tensor> {
+    let Some(critic) = &model.critic else {
+        return head_values(model, &forward.hidden);
+    };
+    let (prompts, completions): (Vec<&[i64]>, Vec<&[i64]>) = rollouts
+        .into_iter()
+        .map(|r| {
+            (
+                source.prompts[r.prompt].ids.as_slice(),
+                r.completion.token_ids.as_slice(),
+            )
+        })
+        .unzip();
+    let (_, hidden) = completion_hidden(critic, &prompts, &completions)?;
+    head_values(model, &hidden)
+}
+
 /// The value head over hidden states [rows, tokens, hidden] → [rows, tokens].
-fn values_of(model: &Model, hidden: &Tensor) -> Result<Tensor> {
+fn head_values(model: &Model, hidden: &Tensor) -> Result<Tensor> {
     let head = model
         .value_head
         .as_ref()
@@ -264,7 +288,7 @@ impl Objective for Ppo {
         for micro in picks.chunks(self.source.micro_batch) {
             let chunk: Vec<&Rollout> = micro.iter().map(|&i| &batch.rollouts[i]).collect();
             let forward = self.source.forward(model, chunk.iter().copied())?;
-            let values = values_of(model, &forward.hidden)?;
+            let values = values_of(model, &self.source, &forward, chunk.iter().copied())?;
             let width = forward.logprobs.size()[1] as usize;
             let lengths: Vec<usize> = chunk.iter().map(|r| r.completion.token_ids.len()).collect();
             let mask = length_mask(&lengths, width, device);
@@ -350,6 +374,13 @@ impl Objective for Ppo {
 pub fn run(config: &RunConfig, options: super::StartOptions) -> Result<PathBuf> {
     let (mut model, tokenizer_path) = super::initial_model(config)?;
     model.add_value_head();
+    if config
+        .rl
+        .as_ref()
+        .is_some_and(|rl| rl.ppo.critic == Critic::Separate)
+    {
+        model.add_critic()?;
+    }
     let mut objective = Ppo::new(config, &tokenizer_path, &model)?;
     super::train(
         config,

@@ -1,6 +1,6 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Both run setup
 # first (idempotent; everything it downloads is cached in ~/.cache/rlvr).
-.PHONY: setup build demo test lint fmt bench
+.PHONY: setup build demo test lint fmt bench rlhf
 
 # The cache the scripts and the binaries share (HOME may be unset under CI).
 HOME ?= $(shell getent passwd "$$(id -u)" | cut -d: -f6)
@@ -19,6 +19,14 @@ test: setup
 	@bash scripts/python-env.sh >/dev/null || echo "[test] no Python with transformers: the transformers round-trip test will skip"
 	@bash scripts/chromium.sh
 	cargo test --all-targets
+
+# The RLHF example: a reward model trained on synthetic preferences, then RL against it
+# while a gold reward watches; runs/rlhf/rl/metrics.jsonl flags the over-optimisation.
+rlhf: setup
+	cargo run --quiet -- pretrain configs/rlhf/pretrain.yaml --overwrite
+	cargo run --quiet -- sft configs/rlhf/sft.yaml --overwrite
+	cargo run --quiet -- train-rm configs/rlhf/rm.yaml --overwrite
+	cargo run --quiet -- rl configs/rlhf/rl.yaml --overwrite
 
 lint: setup
 	cargo fmt --check

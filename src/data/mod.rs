@@ -4,7 +4,6 @@
 pub mod arithmetic;
 pub mod countdown;
 pub mod functions;
-pub mod preferences;
 
 use crate::config::TaskConfig;
 use anyhow::{Context, Result, bail};

@@ -15,7 +15,7 @@ use crate::reward::{RewardSet, Sample, Scored};
 use crate::sample::{self, Completion, SamplingParams};
 use crate::tokenizer::Tokenizer;
 use crate::train::batch::step_seed;
-use crate::train::rollout::{Prompt, load_prompts};
+use crate::train::rollout::{Prompt, load_prompts, stop_token_ids};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -129,8 +129,7 @@ pub fn evaluate(model_dir: &Path, task_path: &Path, settings: &EvalSettings) -> 
     let task_dir = task_path.parent().unwrap_or(Path::new("."));
     let rewards = RewardSet::from_task(&task, task_dir)?;
     let names: Vec<String> = rewards.names().iter().map(|s| s.to_string()).collect();
-    let mut stop = model.config().eos_token_ids();
-    stop.extend(tokenizer.token_id(tokenizer.chat_format.end_token()));
+    let stop = stop_token_ids(&model, &tokenizer);
     let params = |temperature: f64, seed: u64| SamplingParams {
         max_new_tokens: settings.max_new_tokens,
         temperature,

@@ -199,6 +199,29 @@ impl Tokenizer {
         Ok(rendered)
     }
 
+    /// `prompt` as the user turn and `reply` as the assistant's, cut to `max_length`
+    /// tokens: what a reward model reads, in training and when it scores.
+    pub fn render_exchange(
+        &self,
+        prompt: &str,
+        reply: &str,
+        max_length: usize,
+    ) -> Result<Vec<i64>> {
+        let messages = [
+            Message {
+                role: "user".into(),
+                content: prompt.into(),
+            },
+            Message {
+                role: "assistant".into(),
+                content: reply.into(),
+            },
+        ];
+        let mut ids = self.render_chat(&messages, false)?.ids;
+        ids.truncate(max_length);
+        Ok(ids)
+    }
+
     /// Trains a byte-level BPE on `texts`. Digits are split one by one (which helps
     /// small models with arithmetic) and rlvr's chat special tokens are added.
     pub fn train_bpe<I>(texts: I, vocab_size: usize) -> Result<Self>

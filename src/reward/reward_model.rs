@@ -5,7 +5,7 @@
 use super::{RewardFunction, Sample, Score};
 use crate::config::run::Dtype;
 use crate::model::Model;
-use crate::tokenizer::{Message, Tokenizer};
+use crate::tokenizer::Tokenizer;
 use crate::train::batch::right_pad;
 use anyhow::{Context, Result};
 use std::path::Path;
@@ -35,22 +35,6 @@ impl ModelReward {
         })
     }
 
-    fn render(&self, sample: &Sample) -> Result<Vec<i64>> {
-        let messages = [
-            Message {
-                role: "user".into(),
-                content: sample.prompt.into(),
-            },
-            Message {
-                role: "assistant".into(),
-                content: sample.completion.into(),
-            },
-        ];
-        let mut ids = self.tokenizer.render_chat(&messages, false)?.ids;
-        ids.truncate(self.max_length);
-        Ok(ids)
-    }
-
     fn score_rows(&self, rows: &[Vec<i64>]) -> Result<Vec<f64>> {
         let model = self
             .model
@@ -75,7 +59,13 @@ impl RewardFunction for ModelReward {
     }
 
     fn score_all(&self, samples: &[Sample]) -> Option<Vec<Score>> {
-        let rows: Result<Vec<Vec<i64>>> = samples.iter().map(|s| self.render(s)).collect();
+        let rows: Result<Vec<Vec<i64>>> = samples
+            .iter()
+            .map(|s| {
+                self.tokenizer
+                    .render_exchange(s.prompt, s.completion, self.max_length)
+            })
+            .collect();
         Some(match rows.and_then(|rows| self.score_rows(&rows)) {
             Ok(values) => values
                 .into_iter()

@@ -135,30 +135,26 @@ impl Objective for Grpo {
         let iteration = step % self.rl.num_iterations;
         if iteration == 0 || self.batch.is_none() {
             let batch = self.generate_batch(model, step)?;
-            if self.source.sample_log_steps > 0 && step.is_multiple_of(self.source.sample_log_steps)
-            {
-                self.source.log_samples(run, step + 1, &batch.rollouts)?;
-            }
+            self.source.log_samples(run, step, &batch.rollouts)?;
             self.batch = Some(batch);
         }
         let started = Instant::now();
         let batch = self.batch.as_ref().context("no generation batch")?;
         let config = self.loss_config();
         let device = model.vs.device();
-        let token_mask = |rollouts: &[Rollout]| -> Vec<usize> {
-            rollouts
-                .iter()
-                .map(|r| {
-                    let truncated = r.completion.finish_reason == FinishReason::Length;
-                    if truncated && self.rl.mask_truncated_completions {
-                        0
-                    } else {
-                        r.completion.token_ids.len()
-                    }
-                })
-                .collect()
-        };
-        let lengths = token_mask(&batch.rollouts);
+        // Tokens each completion puts in the loss (none when cut off and masked).
+        let lengths: Vec<usize> = batch
+            .rollouts
+            .iter()
+            .map(|r| {
+                let truncated = r.completion.finish_reason == FinishReason::Length;
+                if truncated && self.rl.mask_truncated_completions {
+                    0
+                } else {
+                    r.completion.token_ids.len()
+                }
+            })
+            .collect();
         let share = BatchShare {
             micro_batches: batch.rollouts.len().div_ceil(self.source.micro_batch),
             batch_tokens: lengths.iter().sum::<usize>() as f64,

@@ -7,7 +7,7 @@
 
 use super::Objective;
 use super::batch::{CompletionForward, completion_hidden, length_mask, padded_floats, step_seed};
-use super::rollout::{Rollout, RolloutSource, batch_metrics};
+use super::rollout::{Rollout, RolloutSource, batch_metrics, completion_rows};
 use crate::config::RunConfig;
 use crate::config::run::{Critic, PpoSection};
 use crate::model::Model;
@@ -101,11 +101,8 @@ impl Ppo {
                 let v = values_of(model, &self.source, &forward, chunk)?;
                 Ok((forward.logprobs, v))
             })?;
-            for (row, rollout) in chunk.iter().enumerate() {
-                let n = rollout.completion.token_ids.len() as i64;
-                logprobs.push(Vec::<f32>::try_from(lp.get(row as i64).narrow(0, 0, n))?);
-                values.push(Vec::<f32>::try_from(v.get(row as i64).narrow(0, 0, n))?);
-            }
+            logprobs.extend(completion_rows(&lp, chunk)?);
+            values.extend(completion_rows(&v, chunk)?);
         }
         Ok((logprobs, values))
     }
@@ -221,15 +218,7 @@ fn values_of<'a>(
     let Some(critic) = &model.critic else {
         return head_values(model, &forward.hidden);
     };
-    let (prompts, completions): (Vec<&[i64]>, Vec<&[i64]>) = rollouts
-        .into_iter()
-        .map(|r| {
-            (
-                source.prompts[r.prompt].ids.as_slice(),
-                r.completion.token_ids.as_slice(),
-            )
-        })
-        .unzip();
+    let (prompts, completions) = source.sequences(rollouts);
     let (_, hidden) = completion_hidden(critic, &prompts, &completions)?;
     head_values(model, &hidden)
 }
@@ -252,10 +241,7 @@ impl Objective for Ppo {
         let update = step % updates;
         if update == 0 || self.batch.is_none() {
             let batch = self.rollout_batch(model, step - update)?;
-            if self.source.sample_log_steps > 0 && step.is_multiple_of(self.source.sample_log_steps)
-            {
-                self.source.log_samples(run, step + 1, &batch.rollouts)?;
-            }
+            self.source.log_samples(run, step, &batch.rollouts)?;
             self.batch = Some(batch);
         }
         let started = Instant::now();

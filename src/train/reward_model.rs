@@ -11,7 +11,7 @@ use crate::config::RunConfig;
 use crate::config::run::RewardModelSection;
 use crate::model::Model;
 use crate::run::{Metrics, RunDir};
-use crate::tokenizer::{Message, Tokenizer};
+use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -40,28 +40,6 @@ pub fn bradley_terry_loss(
     }
 }
 
-/// Renders `prompt` as the user turn and `response` as the assistant's, cut to `max_length`.
-fn render(
-    tokenizer: &Tokenizer,
-    prompt: &str,
-    response: &str,
-    max_length: usize,
-) -> Result<Vec<i64>> {
-    let messages = [
-        Message {
-            role: "user".into(),
-            content: prompt.into(),
-        },
-        Message {
-            role: "assistant".into(),
-            content: response.into(),
-        },
-    ];
-    let mut ids = tokenizer.render_chat(&messages, false)?.ids;
-    ids.truncate(max_length);
-    Ok(ids)
-}
-
 pub fn load_pairs(
     config: &RunConfig,
     tokenizer: &Tokenizer,
@@ -87,9 +65,8 @@ pub fn load_pairs(
             None => 0.0,
         };
         Ok(Pair {
-            chosen: render(tokenizer, text("prompt")?, text("chosen")?, data.max_length)?,
-            rejected: render(
-                tokenizer,
+            chosen: tokenizer.render_exchange(text("prompt")?, text("chosen")?, data.max_length)?,
+            rejected: tokenizer.render_exchange(
                 text("prompt")?,
                 text("rejected")?,
                 data.max_length,

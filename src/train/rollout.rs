@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use tch::Tensor;
 
 /// A task record ready to prompt with.
 pub struct Prompt {
@@ -39,7 +40,7 @@ pub struct RolloutSource {
     pub rl: RlSection,
     pub micro_batch: usize,
     seed: u64,
-    pub sample_log_steps: usize,
+    sample_log_steps: usize,
     pub prompts: Vec<Prompt>,
     rewards: RewardSet,
     reward_names: Vec<String>,
@@ -49,7 +50,8 @@ pub struct RolloutSource {
     order: DataOrder,
     /// Prompts drawn so far (dynamic sampling draws a varying number per step).
     pub cursor: usize,
-    /// Per batch, the proxy (learned reward model) and gold means, when the task has both.
+    /// The proxy (learned reward model) and gold means of the last `MONITOR_WINDOW`
+    /// batches, when the task has both.
     monitor: Vec<(f64, f64)>,
 }
 
@@ -84,6 +86,14 @@ pub fn overoptimized(history: &[(f64, f64)], window: usize) -> bool {
     let proxy: Vec<f64> = recent.iter().map(|p| p.0).collect();
     let gold: Vec<f64> = recent.iter().map(|p| p.1).collect();
     slope(&proxy) > 0.0 && slope(&gold) < 0.0
+}
+
+/// What ends a completion: the model's end-of-sequence ids and the token that closes an
+/// assistant turn in the tokenizer's chat format.
+pub fn stop_token_ids(model: &Model, tokenizer: &Tokenizer) -> Vec<i64> {
+    let mut ids = model.config().eos_token_ids();
+    ids.extend(tokenizer.token_id(tokenizer.chat_format.end_token()));
+    ids
 }
 
 /// The task's records as prompts; records lacking the answer field or whose prompt
@@ -144,8 +154,7 @@ impl RolloutSource {
         let task_dir = task_path.parent().unwrap_or(Path::new("."));
         let rewards = RewardSet::from_task(&task, task_dir)
             .with_context(|| format!("{}: cannot build the rewards", task_path.display()))?;
-        let mut stop_token_ids = policy.config().eos_token_ids();
-        stop_token_ids.extend(tokenizer.token_id(tokenizer.chat_format.end_token()));
+        let stop_token_ids = stop_token_ids(policy, &tokenizer);
         let reference = if needs_reference {
             Some(reference_model(config, policy)?)
         } else {
@@ -243,11 +252,7 @@ impl RolloutSource {
         let mut out = Vec::with_capacity(rollouts.len());
         for chunk in rollouts.chunks(self.micro_batch) {
             let logprobs = tch::no_grad(|| self.forward(reference, chunk))?.logprobs;
-            for (row, rollout) in chunk.iter().enumerate() {
-                let n = rollout.completion.token_ids.len() as i64;
-                let values: Vec<f32> = Vec::try_from(logprobs.get(row as i64).narrow(0, 0, n))?;
-                out.push(values);
-            }
+            out.extend(completion_rows(&logprobs, chunk)?);
         }
         Ok(out)
     }
@@ -296,10 +301,29 @@ impl RolloutSource {
         };
         let point = (mean(proxy), mean(gold));
         self.monitor.push(point);
+        if self.monitor.len() > MONITOR_WINDOW {
+            self.monitor.remove(0);
+        }
         let flagged = overoptimized(&self.monitor, MONITOR_WINDOW);
         metrics.insert("overoptimization/proxy".into(), point.0);
         metrics.insert("overoptimization/gold".into(), point.1);
         metrics.insert("overoptimization/flag".into(), f64::from(u8::from(flagged)));
+    }
+
+    /// The rollouts' prompt ids and completion ids, row by row.
+    pub fn sequences<'a, 'b>(
+        &'a self,
+        rollouts: impl IntoIterator<Item = &'b Rollout>,
+    ) -> (Vec<&'a [i64]>, Vec<&'b [i64]>) {
+        rollouts
+            .into_iter()
+            .map(|r| {
+                (
+                    self.prompts[r.prompt].ids.as_slice(),
+                    r.completion.token_ids.as_slice(),
+                )
+            })
+            .unzip()
     }
 
     /// One forward pass of `model` over the rollouts' prompts and completions.
@@ -308,15 +332,7 @@ impl RolloutSource {
         model: &Model,
         rollouts: impl IntoIterator<Item = &'a Rollout>,
     ) -> Result<CompletionForward> {
-        let (prompts, completions): (Vec<&[i64]>, Vec<&[i64]>) = rollouts
-            .into_iter()
-            .map(|r| {
-                (
-                    self.prompts[r.prompt].ids.as_slice(),
-                    r.completion.token_ids.as_slice(),
-                )
-            })
-            .unzip();
+        let (prompts, completions) = self.sequences(rollouts);
         completion_forward(
             &model.transformer,
             &prompts,
@@ -382,7 +398,13 @@ impl RolloutSource {
         metrics.insert("completions/clipped_ratio".into(), truncated as f64 / n);
     }
 
+    /// Appends the batch sampled at `step` (0-based) to samples.jsonl, every
+    /// `sample_log_steps` steps.
     pub fn log_samples(&self, run: &RunDir, step: usize, rollouts: &[Rollout]) -> Result<()> {
+        if self.sample_log_steps == 0 || !step.is_multiple_of(self.sample_log_steps) {
+            return Ok(());
+        }
+        let step = step + 1;
         let rows: Vec<Value> = rollouts
             .iter()
             .map(|r| {
@@ -409,6 +431,20 @@ impl RolloutSource {
 }
 
 /// The frozen KL reference: `model.reference`, or the policy's starting weights.
+/// Each rollout's row of a [rows, tokens] tensor, cut to its completion's length.
+pub fn completion_rows(values: &Tensor, rollouts: &[Rollout]) -> Result<Vec<Vec<f32>>> {
+    rollouts
+        .iter()
+        .enumerate()
+        .map(|(row, rollout)| {
+            let n = rollout.completion.token_ids.len() as i64;
+            Ok(Vec::<f32>::try_from(
+                values.get(row as i64).narrow(0, 0, n),
+            )?)
+        })
+        .collect()
+}
+
 /// A step's metrics from its batch's: all of them on the batch's first update; on the
 /// updates that reuse the batch, the same rewards but no sampling time.
 pub fn batch_metrics(metrics: &Metrics, first_update: bool) -> Metrics {

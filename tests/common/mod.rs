@@ -9,8 +9,14 @@ use rlvr::tokenizer::Tokenizer;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-/// A tokenizer and a random tiny Qwen2 in `dir/model`.
+/// A tokenizer and a random tiny Qwen2 in `dir/model`, made once per folder: two runs
+/// that compare their metrics must start from the same weights, and tests in other
+/// threads draw from libtorch's global generator between the seed and the init.
 pub fn tiny_model(dir: &Path) -> PathBuf {
+    let model_dir = dir.join("model");
+    if model_dir.join("model.safetensors").exists() {
+        return model_dir;
+    }
     let corpus = (0..300).map(|i| format!("What is {i} + {}? #### {}", i * 3, i * 4));
     let tokenizer = Tokenizer::train_bpe(corpus, 300).unwrap();
     let tokenizer_path = dir.join("tokenizer.json");
@@ -18,7 +24,6 @@ pub fn tiny_model(dir: &Path) -> PathBuf {
     tch::manual_seed(0);
     let config = ModelConfig::tiny_qwen2(tokenizer.vocab_size(), 32, 1, 4);
     let model = Model::random(&config, tch::Device::Cpu, Dtype::F32).unwrap();
-    let model_dir = dir.join("model");
     model.save(&model_dir, Some(&tokenizer_path)).unwrap();
     model_dir
 }

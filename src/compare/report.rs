@@ -63,9 +63,10 @@ pub fn render(comparison: &Comparison) -> String {
         html.push_str(&plot);
     }
     html.push_str("</div><h2>Training curves</h2>");
-    overoptimization_banner(&mut html, comparison);
+    let runs = run_metrics(comparison);
+    overoptimization_banner(&mut html, &runs);
     html.push_str("<div class=\"plots\">");
-    let curves = training_curves(comparison);
+    let curves = training_curves(&runs);
     if curves.is_empty() {
         html.push_str("<p>No run folders with metrics.jsonl beside these checkpoints.</p>");
     }
@@ -199,8 +200,12 @@ fn category_plot(comparison: &Comparison) -> Option<String> {
     ))
 }
 
-fn training_curves(comparison: &Comparison) -> Vec<String> {
-    let runs: Vec<(usize, String, Vec<serde_json::Value>)> = comparison
+/// A checkpoint's run metrics (from the run folder above the model), with the
+/// checkpoint's index (its colour) and label.
+type RunMetrics = Vec<(usize, String, Vec<serde_json::Value>)>;
+
+fn run_metrics(comparison: &Comparison) -> RunMetrics {
+    comparison
         .entries
         .iter()
         .enumerate()
@@ -209,7 +214,10 @@ fn training_curves(comparison: &Comparison) -> Vec<String> {
             let rows = crate::run::RunDir::read_metrics(run_dir).ok()?;
             Some((i, e.label.clone(), rows))
         })
-        .collect();
+        .collect()
+}
+
+fn training_curves(runs: &RunMetrics) -> Vec<String> {
     CURVES
         .iter()
         .filter_map(|(key, title)| {
@@ -233,14 +241,8 @@ fn training_curves(comparison: &Comparison) -> Vec<String> {
 }
 
 /// A warning for each run whose metrics flag reward over-optimisation.
-fn overoptimization_banner(html: &mut String, comparison: &Comparison) {
-    for entry in &comparison.entries {
-        let Some(run_dir) = entry.evaluation.summary.model.parent() else {
-            continue;
-        };
-        let Ok(rows) = crate::run::RunDir::read_metrics(run_dir) else {
-            continue;
-        };
+fn overoptimization_banner(html: &mut String, runs: &RunMetrics) {
+    for (_, label, rows) in runs {
         let flagged: Vec<u64> = rows
             .iter()
             .filter(|r| r.get("overoptimization/flag").and_then(|v| v.as_f64()) == Some(1.0))
@@ -252,7 +254,7 @@ fn overoptimization_banner(html: &mut String, comparison: &Comparison) {
                 "<p class=\"warning\" style=\"background:#fde2e2;padding:8px\"><b>Reward over-optimisation \
                  in {}:</b> over the last batches the learned reward model's score rose while the gold \
                  reward fell ({} flagged steps, {first}–{last}).</p>",
-                escape(&entry.label),
+                escape(label),
                 flagged.len()
             );
         }

@@ -5,11 +5,12 @@
 //! `scripts/python-env.sh` has trl (RLVR_WITH_TRL=1). Both stop at `<|end|>`.
 
 use super::{bench_model_config, tail, tempfile_dir};
-use crate::config::RunConfig;
 use crate::config::run::Dtype;
+use crate::config::{RunConfig, TaskConfig};
 use crate::model::Model;
 use crate::run::RunDir;
 use crate::tokenizer::Tokenizer;
+use crate::train::rollout::{Prompt, load_prompts};
 use crate::train::{self, StartOptions};
 use anyhow::{Context, Result, bail};
 use std::path::Path;
@@ -97,16 +98,15 @@ fn run_both(bench: &RlBench, dir: &Path) -> Result<()> {
         median("time/update")?,
     );
     let completion = median("completions/mean_length")?;
-    let prompt_tokens = crate::train::rollout::load_prompts(
-        &crate::config::TaskConfig::load(&dir.join("task.yaml"))?,
-        &dir.join("task.yaml"),
+    // The prompts both sides see, rendered with the chat template.
+    let task_path = dir.join("task.yaml");
+    let prompts = load_prompts(
+        &TaskConfig::load(&task_path)?,
+        &task_path,
         &tokenizer,
         Default::default(),
-    )?
-    .iter()
-    .map(|p| p.ids.len() as f64)
-    .sum::<f64>()
-        / PROMPTS as f64;
+    )?;
+    let prompt_tokens = prompts.iter().map(|p| p.ids.len() as f64).sum::<f64>() / PROMPTS as f64;
     // 2N FLOPs a token forward, 6N forward + backward: sampling, the reference forward
     // and the policy's forward and backward over prompt + completion.
     let rows_per_step = (PROMPTS * 8) as f64;
@@ -117,7 +117,7 @@ fn run_both(bench: &RlBench, dir: &Path) -> Result<()> {
          mean completion {completion:.1} tokens; ≈{:.1} GFLOP/s effective)",
         flops / step / 1e9
     );
-    match trl_step(&model_dir, &config, dir, bench) {
+    match trl_step(&model_dir, &prompts, &tokenizer, dir, bench) {
         Ok((trl_step, trl_generate)) => println!(
             "  TRL GRPO      {trl_step:.3} s/step  (generate {trl_generate:.3}, rest {:.3}; ≈{:.1} GFLOP/s)   \
              rlvr / TRL ×{:.2} faster per step",
@@ -133,7 +133,8 @@ fn run_both(bench: &RlBench, dir: &Path) -> Result<()> {
 /// Runs scripts/bench_trl_grpo.py on the same model and the same rendered prompts.
 fn trl_step(
     model_dir: &Path,
-    config: &RunConfig,
+    prompts: &[Prompt],
+    tokenizer: &Tokenizer,
     dir: &Path,
     bench: &RlBench,
 ) -> Result<(f64, f64)> {
@@ -144,17 +145,10 @@ fn trl_step(
             python.display()
         );
     }
-    let task_path = config.task.clone().context("no task")?;
-    let tokenizer = Tokenizer::load(&model_dir.join("tokenizer.json"))?;
-    let prompts: Vec<String> = crate::train::rollout::load_prompts(
-        &crate::config::TaskConfig::load(&task_path)?,
-        &task_path,
-        &tokenizer,
-        Default::default(),
-    )?
-    .iter()
-    .map(|p| tokenizer.decode(&p.ids, false))
-    .collect::<Result<_>>()?;
+    let prompts: Vec<String> = prompts
+        .iter()
+        .map(|p| tokenizer.decode(&p.ids, false))
+        .collect::<Result<_>>()?;
     let prompts_path = dir.join("prompts.json");
     std::fs::write(&prompts_path, serde_json::to_string(&prompts)?)?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_trl_grpo.py");

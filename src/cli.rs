@@ -251,7 +251,7 @@ pub fn main() -> ExitCode {
             json,
         } => crate::eval::evaluate(&model, &task, &settings.settings()).map(|evaluation| {
             if json {
-                println!("{}", crate::eval::summary_json(&evaluation.summary));
+                println!("{}", serde_json::json!(evaluation.summary));
             } else {
                 crate::eval::print_summary(&evaluation.summary);
             }

@@ -18,7 +18,7 @@ use crate::train::batch::step_seed;
 use crate::train::rollout::{Prompt, load_prompts, stop_token_ids};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -165,7 +165,7 @@ pub fn evaluate(model_dir: &Path, task_path: &Path, settings: &EvalSettings) -> 
         .map(|(i, prompt)| {
             let (completion, text, scored) = &greedy[i];
             let samples = &sampled[i * settings.samples..(i + 1) * settings.samples];
-            let sample_correct: Vec<bool> = samples.iter().map(|(_, _, s)| solved(s)).collect();
+            let sample_correct: Vec<bool> = samples.iter().map(|(_, _, s)| s.solved()).collect();
             ItemResult {
                 index: i,
                 prompt: prompt.text.clone(),
@@ -175,7 +175,7 @@ pub fn evaluate(model_dir: &Path, task_path: &Path, settings: &EvalSettings) -> 
                     .and_then(Value::as_str)
                     .map(String::from),
                 greedy_completion: text.clone(),
-                greedy_correct: solved(scored),
+                greedy_correct: scored.solved(),
                 greedy_rewards: names
                     .iter()
                     .cloned()
@@ -242,11 +242,6 @@ fn run_rows(
         );
     }
     Ok(out)
-}
-
-/// The task's first reward is its correctness check.
-fn solved(scored: &Scored) -> bool {
-    scored.per_function.first().is_some_and(|s| s.value >= 1.0)
 }
 
 /// The final answer a completion commits to (the math extractor's, else its text).
@@ -379,10 +374,6 @@ pub fn print_summary(summary: &EvalSummary) {
         println!("  reward {name:<10} {v:.4}");
     }
     println!("  mean length      {:.1} tokens", summary.mean_length);
-}
-
-pub fn summary_json(summary: &EvalSummary) -> Value {
-    json!(summary)
 }
 
 #[cfg(test)]

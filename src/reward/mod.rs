@@ -92,6 +92,13 @@ pub struct Scored {
     pub seconds: f64,
 }
 
+impl Scored {
+    /// Solved: the task's first reward, its correctness check, paid in full.
+    pub fn solved(&self) -> bool {
+        self.per_function.first().is_some_and(|s| s.value >= 1.0)
+    }
+}
+
 impl RewardSet {
     /// Builds the task's rewards; `task_dir` resolves script paths.
     pub fn from_task(task: &TaskConfig, task_dir: &std::path::Path) -> Result<Self> {

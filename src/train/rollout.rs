@@ -362,16 +362,7 @@ impl RolloutSource {
             metrics.insert(format!("rewards/{name}/mean"), mean);
             metrics.insert(format!("rewards/{name}/std"), std);
         }
-        // The task's first reward is its correctness check.
-        let solved = rollouts
-            .iter()
-            .filter(|r| {
-                r.scored
-                    .per_function
-                    .first()
-                    .is_some_and(|s| s.value >= 1.0)
-            })
-            .count();
+        let solved = rollouts.iter().filter(|r| r.scored.solved()).count();
         metrics.insert("accuracy".into(), solved as f64 / n);
         let infra = rollouts
             .iter()

@@ -207,7 +207,7 @@ impl TrainArgs {
 
 #[derive(Subcommand)]
 enum BenchKind {
-    /// Sampling tokens/s: KV cache vs no cache vs transformers' generate().
+    /// Sampling tokens/s: rlvr vs its libtorch steps, no KV cache and transformers' generate().
     Sample {
         #[arg(long, default_value_t = 64)]
         rows: usize,
@@ -215,10 +215,12 @@ enum BenchKind {
         prompt_tokens: usize,
         #[arg(long, default_value_t = 32)]
         new_tokens: usize,
-        /// libtorch (and torch) threads for both sides.
+        /// CPU threads for both sides (rlvr: one sampling shard per thread; torch:
+        /// intra-op threads).
         #[arg(long, default_value_t = 2)]
         threads: usize,
-        #[arg(long, default_value_t = 3)]
+        /// Each side's time is its best of this many runs (the machine is noisy).
+        #[arg(long, default_value_t = 5)]
         repeats: usize,
     },
     /// Seconds per GRPO step (sample / score / update) vs TRL's GRPOTrainer.
@@ -365,6 +367,7 @@ pub fn main() -> ExitCode {
                 stop_token_ids: Vec::new(),
                 stop_strings,
                 seed,
+                ..SamplingParams::default()
             };
             inspect::parse_device(&device)
                 .and_then(|device| inspect::sample(&model, &prompt, chat, n, params, device))

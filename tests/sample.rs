@@ -4,7 +4,7 @@
 
 use rlvr::config::run::Dtype;
 use rlvr::model::{Model, ModelConfig, position_ids_from_mask};
-use rlvr::sample::{FinishReason, SamplingParams, generate};
+use rlvr::sample::{FinishReason, Kernels, SamplingParams, generate};
 use tch::{Device, Kind, Tensor};
 
 fn tiny() -> Model {
@@ -168,4 +168,55 @@ fn bad_arguments_are_errors() {
         ..SamplingParams::default()
     };
     assert!(generate(&model.transformer, &[vec![1]], &bad_top_p, None).is_err());
+}
+
+#[test]
+fn the_cpu_decoder_matches_libtorch_steps() {
+    // Grouped-query attention, qkv bias, an untied head, prompts of different lengths,
+    // rows that stop early and enough rows to be split across sampling threads.
+    tch::manual_seed(5);
+    let mut config = ModelConfig::tiny_qwen2(48, 32, 2, 4);
+    config.num_key_value_heads = Some(2);
+    config.tie_word_embeddings = false;
+    let model = Model::random(&config, Device::Cpu, Dtype::F32).unwrap();
+    let prompts: Vec<Vec<i64>> = (0..20)
+        .map(|row| {
+            (0..1 + row % 7)
+                .map(|t| ((row * 5 + t * 3) % 45 + 1) as i64)
+                .collect()
+        })
+        .collect();
+    for temperature in [0.0, 1.3] {
+        let mut params = SamplingParams {
+            max_new_tokens: 12,
+            temperature,
+            seed: 11,
+            ..SamplingParams::default()
+        };
+        // Stop at the token the model emits most, so that rows finish at different steps.
+        let free = generate(&model.transformer, &prompts, &params, None).unwrap();
+        let mut counts = [0usize; 48];
+        free.iter()
+            .flat_map(|c| &c.token_ids)
+            .for_each(|&t| counts[t as usize] += 1);
+        let most = (0..48).max_by_key(|&t| counts[t]).unwrap();
+        params.stop_token_ids = vec![most as i64];
+        let libtorch = SamplingParams {
+            kernels: Kernels::Libtorch,
+            ..params.clone()
+        };
+        let fast = generate(&model.transformer, &prompts, &params, None).unwrap();
+        let reference = generate(&model.transformer, &prompts, &libtorch, None).unwrap();
+        assert!(fast.iter().any(|c| c.finish_reason == FinishReason::Stop));
+        for (row, (a, b)) in fast.iter().zip(&reference).enumerate() {
+            assert_eq!(
+                a.token_ids, b.token_ids,
+                "row {row} at temperature {temperature}"
+            );
+            assert_eq!(a.finish_reason, b.finish_reason);
+            for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
+                assert!((x - y).abs() < 1e-4, "row {row}: log-prob {x} vs {y}");
+            }
+        }
+    }
 }

@@ -10,8 +10,9 @@ pub mod rewards;
 pub mod rl;
 
 use crate::config::run::Dtype;
+use crate::model::cpu_decoder::CpuDecoder;
 use crate::model::{Model, ModelConfig, position_ids_from_mask};
-use crate::sample::{self, SamplingParams};
+use crate::sample::{self, Kernels, SamplingParams};
 use anyhow::{Context, Result, bail};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -54,19 +55,35 @@ pub fn sample(bench: &SampleBench) -> Result<()> {
         bench.rows, bench.new_tokens, bench.prompt_tokens, bench.threads, bench.repeats
     );
 
+    let libtorch_params = SamplingParams {
+        kernels: Kernels::Libtorch,
+        ..params.clone()
+    };
     let cached = best_of(bench.repeats, || {
         sample::generate(&model.transformer, &prompts, &params, None).map(|_| ())
+    })?;
+    let libtorch = best_of(bench.repeats, || {
+        sample::generate(&model.transformer, &prompts, &libtorch_params, None).map(|_| ())
     })?;
     let uncached = best_of(bench.repeats, || {
         no_cache_generate(&model, &prompts, &params)
     })?;
-    let ours = generated / cached;
     println!(
-        "  rlvr, KV cache      {:>9.0} tokens/s  ({cached:.3} s)",
-        ours
+        "  rlvr                {:>9.0} tokens/s  ({cached:.3} s)   decode steps: {}",
+        generated / cached,
+        if CpuDecoder::available() {
+            "CPU decoder"
+        } else {
+            "libtorch"
+        }
     );
     println!(
-        "  rlvr, no cache      {:>9.0} tokens/s  ({uncached:.3} s)   cache speed-up ×{:.2}",
+        "  rlvr, libtorch steps{:>9.0} tokens/s  ({libtorch:.3} s)   rlvr / this ×{:.2}",
+        generated / libtorch,
+        libtorch / cached
+    );
+    println!(
+        "  rlvr, no KV cache   {:>9.0} tokens/s  ({uncached:.3} s)   rlvr / this ×{:.2}",
         generated / uncached,
         uncached / cached
     );

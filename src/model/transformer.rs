@@ -8,9 +8,9 @@ use super::kv_cache::{KvCache, LayerCache};
 use anyhow::{Result, bail};
 use tch::{Kind, Tensor, nn, nn::Module};
 
-struct RmsNorm {
-    weight: Tensor,
-    eps: f64,
+pub(super) struct RmsNorm {
+    pub(super) weight: Tensor,
+    pub(super) eps: f64,
 }
 
 impl RmsNorm {
@@ -29,11 +29,25 @@ impl RmsNorm {
         let normed = x * (mean_square + self.eps).rsqrt();
         &self.weight * normed.to_kind(kind)
     }
+
+    fn shallow_clone(&self) -> Self {
+        Self {
+            weight: self.weight.shallow_clone(),
+            eps: self.eps,
+        }
+    }
+}
+
+fn shallow_clone_linear(linear: &nn::Linear) -> nn::Linear {
+    nn::Linear {
+        ws: linear.ws.shallow_clone(),
+        bs: linear.bs.as_ref().map(Tensor::shallow_clone),
+    }
 }
 
 /// Rotary embeddings: the inverse frequencies, with Llama 3 / linear scaling applied.
-struct Rotary {
-    inv_freq: Tensor,
+pub(super) struct Rotary {
+    pub(super) inv_freq: Tensor,
 }
 
 impl Rotary {
@@ -69,23 +83,31 @@ impl Rotary {
         }
     }
 
-    /// cos and sin of shape [batch, 1, seq, head_dim] for the given positions.
-    fn cos_sin(&self, position_ids: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+    /// cos and signed sin of shape [batch, 1, seq, head_dim] for the given positions.
+    ///
+    /// HF rotates with `x * cos + rotate_half(x) * sin`, where `rotate_half(x)` is
+    /// `cat(-x2, x1)`. That equals `roll(x, half) * cat(-sin, sin)`, which takes
+    /// four kernels instead of seven: sampling pays for every kernel launch.
+    pub(super) fn cos_sin(&self, position_ids: &Tensor, kind: Kind) -> (Tensor, Tensor) {
         let freqs = position_ids.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
         let angles = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
-        (angles.cos().to_kind(kind), angles.sin().to_kind(kind))
+        let sin = freqs.sin().unsqueeze(1);
+        let signed_sin = Tensor::cat(&[-&sin, sin], -1);
+        (angles.cos().to_kind(kind), signed_sin.to_kind(kind))
+    }
+
+    fn shallow_clone(&self) -> Self {
+        Self {
+            inv_freq: self.inv_freq.shallow_clone(),
+        }
     }
 }
 
-fn rotate_half(x: &Tensor) -> Tensor {
+/// `x * cos + rotate_half(x) * sin`, with the sign of `rotate_half` folded into
+/// `signed_sin` (see [`Rotary::cos_sin`]).
+fn apply_rotary(x: &Tensor, cos: &Tensor, signed_sin: &Tensor) -> Tensor {
     let half = x.size().last().copied().unwrap_or(0) / 2;
-    let x1 = x.narrow(-1, 0, half);
-    let x2 = x.narrow(-1, half, half);
-    Tensor::cat(&[-x2, x1], -1)
-}
-
-fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
-    x * cos + rotate_half(x) * sin
+    x * cos + x.roll([half], [-1]) * signed_sin
 }
 
 /// One layer's part of the KV cache, with how many positions it already holds.
@@ -95,14 +117,14 @@ struct CacheSlot<'a> {
     capacity_hint: i64,
 }
 
-struct Attention {
-    q_proj: nn::Linear,
-    k_proj: nn::Linear,
-    v_proj: nn::Linear,
-    o_proj: nn::Linear,
-    heads: i64,
-    kv_heads: i64,
-    head_dim: i64,
+pub(super) struct Attention {
+    pub(super) q_proj: nn::Linear,
+    pub(super) k_proj: nn::Linear,
+    pub(super) v_proj: nn::Linear,
+    pub(super) o_proj: nn::Linear,
+    pub(super) heads: i64,
+    pub(super) kv_heads: i64,
+    pub(super) head_dim: i64,
 }
 
 impl Attention {
@@ -130,7 +152,36 @@ impl Attention {
         }
     }
 
-    /// `mask` is boolean [batch, 1, queries, keys], true where a query may look.
+    fn shallow_clone(&self) -> Self {
+        Self {
+            q_proj: shallow_clone_linear(&self.q_proj),
+            k_proj: shallow_clone_linear(&self.k_proj),
+            v_proj: shallow_clone_linear(&self.v_proj),
+            o_proj: shallow_clone_linear(&self.o_proj),
+            ..*self
+        }
+    }
+
+    /// Rotated queries [batch, heads, seq, head_dim], rotated keys and values
+    /// [batch, kv_heads, seq, head_dim].
+    fn project(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> (Tensor, Tensor, Tensor) {
+        let (batch, seq, _) = x.size3().expect("hidden states are [batch, seq, hidden]");
+        let split_heads = |t: Tensor, heads: i64| {
+            t.reshape([batch, seq, heads, self.head_dim])
+                .transpose(1, 2)
+        };
+        let q = apply_rotary(&split_heads(self.q_proj.forward(x), self.heads), cos, sin);
+        let k = apply_rotary(
+            &split_heads(self.k_proj.forward(x), self.kv_heads),
+            cos,
+            sin,
+        );
+        (q, k, split_heads(self.v_proj.forward(x), self.kv_heads))
+    }
+
+    /// Without a cache (training), `mask` is boolean [batch, 1, queries, keys], true
+    /// where a query may look; with one (sampling), it is the additive bias of
+    /// [`attention_bias`] over the same shape.
     fn forward(
         &self,
         x: &Tensor,
@@ -140,46 +191,60 @@ impl Attention {
         cache: Option<CacheSlot>,
     ) -> Tensor {
         let (batch, seq, _) = x.size3().expect("hidden states are [batch, seq, hidden]");
-        let split_heads = |t: Tensor, heads: i64| {
-            t.reshape([batch, seq, heads, self.head_dim])
-                .transpose(1, 2)
-        };
-        let q = apply_rotary(&split_heads(self.q_proj.forward(x), self.heads), cos, sin);
-        let mut k = apply_rotary(
-            &split_heads(self.k_proj.forward(x), self.kv_heads),
-            cos,
-            sin,
-        );
-        let mut v = split_heads(self.v_proj.forward(x), self.kv_heads);
-        if let Some(CacheSlot {
+        let (q, mut k, mut v) = self.project(x, cos, sin);
+        let y = if let Some(CacheSlot {
             layer,
             past,
             capacity_hint,
         }) = cache
         {
             (k, v) = layer.append(past, &k, &v, capacity_hint);
-        }
-        let y = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            Some(mask),
-            0.0,
-            false,
-            None,
-            self.kv_heads != self.heads,
-        );
+            self.cached_attention(&q, &k, &v, mask)
+        } else {
+            Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                Some(mask),
+                0.0,
+                false,
+                None,
+                self.kv_heads != self.heads,
+            )
+        };
         self.o_proj.forward(
             &y.transpose(1, 2)
                 .reshape([batch, seq, self.heads * self.head_dim]),
         )
     }
+
+    /// Attention for sampling, in three kernels: `bias + q·kᵀ/√d` (one baddbmm), a
+    /// softmax and `·v`. On a CPU, libtorch's fused attention costs several times
+    /// more than this for the one-query decode steps. Query heads are grouped under
+    /// the key/value head they share, so grouped-query attention never copies the
+    /// cache. `q` is [batch, heads, seq, head_dim], `k`/`v` [batch, kv_heads, keys,
+    /// head_dim] and `bias` [batch, 1, seq, keys].
+    fn cached_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> Tensor {
+        let (batch, seq, keys) = (q.size()[0], q.size()[2], k.size()[2]);
+        let groups = self.heads / self.kv_heads;
+        let (blocks, dim) = (batch * self.kv_heads, self.head_dim);
+        let q = q.reshape([blocks, groups * seq, dim]);
+        let k = k.reshape([blocks, keys, dim]);
+        let v = v.reshape([blocks, keys, dim]);
+        let bias = bias
+            .unsqueeze(1)
+            .expand([batch, self.kv_heads, groups, seq, keys], false)
+            .reshape([blocks, groups * seq, keys]);
+        let scores = bias.baddbmm(&q, &k.transpose(1, 2), 1.0, 1.0 / (dim as f64).sqrt());
+        let weights = scores.softmax(-1, Kind::Float).to_kind(q.kind());
+        weights.bmm(&v).reshape([batch, self.heads, seq, dim])
+    }
 }
 
-struct Mlp {
-    gate_proj: nn::Linear,
-    up_proj: nn::Linear,
-    down_proj: nn::Linear,
+pub(super) struct Mlp {
+    pub(super) gate_proj: nn::Linear,
+    pub(super) up_proj: nn::Linear,
+    pub(super) down_proj: nn::Linear,
 }
 
 impl Mlp {
@@ -196,17 +261,25 @@ impl Mlp {
         }
     }
 
+    fn shallow_clone(&self) -> Self {
+        Self {
+            gate_proj: shallow_clone_linear(&self.gate_proj),
+            up_proj: shallow_clone_linear(&self.up_proj),
+            down_proj: shallow_clone_linear(&self.down_proj),
+        }
+    }
+
     fn forward(&self, x: &Tensor) -> Tensor {
         let gate = self.gate_proj.forward(x).silu();
         self.down_proj.forward(&(gate * self.up_proj.forward(x)))
     }
 }
 
-struct DecoderLayer {
-    input_layernorm: RmsNorm,
-    self_attn: Attention,
-    post_attention_layernorm: RmsNorm,
-    mlp: Mlp,
+pub(super) struct DecoderLayer {
+    pub(super) input_layernorm: RmsNorm,
+    pub(super) self_attn: Attention,
+    pub(super) post_attention_layernorm: RmsNorm,
+    pub(super) mlp: Mlp,
 }
 
 impl DecoderLayer {
@@ -217,6 +290,15 @@ impl DecoderLayer {
             self_attn: Attention::new(&vs / "self_attn", config),
             post_attention_layernorm: RmsNorm::new(&vs / "post_attention_layernorm", hidden, eps),
             mlp: Mlp::new(&vs / "mlp", config),
+        }
+    }
+
+    fn shallow_clone(&self) -> Self {
+        Self {
+            input_layernorm: self.input_layernorm.shallow_clone(),
+            self_attn: self.self_attn.shallow_clone(),
+            post_attention_layernorm: self.post_attention_layernorm.shallow_clone(),
+            mlp: self.mlp.shallow_clone(),
         }
     }
 
@@ -239,12 +321,13 @@ impl DecoderLayer {
 /// The causal language model: embeddings, decoder layers, final norm, LM head.
 pub struct Transformer {
     pub config: ModelConfig,
-    embed_tokens: nn::Embedding,
-    layers: Vec<DecoderLayer>,
-    norm: RmsNorm,
+    /// `model.embed_tokens.weight` [vocab, hidden].
+    pub(super) embed_tokens: Tensor,
+    pub(super) layers: Vec<DecoderLayer>,
+    pub(super) norm: RmsNorm,
     /// `None` when the head is tied to the input embeddings.
-    lm_head: Option<nn::Linear>,
-    rotary: Rotary,
+    pub(super) lm_head: Option<nn::Linear>,
+    pub(super) rotary: Rotary,
 }
 
 impl Transformer {
@@ -253,12 +336,9 @@ impl Transformer {
         config.validate()?;
         let model = vs / "model";
         let (vocab, hidden) = (config.vocab_size as i64, config.hidden_size as i64);
-        let embed_config = nn::EmbeddingConfig {
-            ws_init: nn::Init::Randn {
-                mean: 0.0,
-                stdev: 0.02,
-            },
-            ..Default::default()
+        let embed_init = nn::Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
         };
         let layers = (0..config.num_hidden_layers)
             .map(|i| DecoderLayer::new(&model / "layers" / i, config))
@@ -271,7 +351,7 @@ impl Transformer {
             nn::linear(vs / "lm_head", hidden, vocab, no_bias)
         });
         Ok(Self {
-            embed_tokens: nn::embedding(&model / "embed_tokens", vocab, hidden, embed_config),
+            embed_tokens: (&model / "embed_tokens").var("weight", &[vocab, hidden], embed_init),
             layers,
             norm: RmsNorm::new(&model / "norm", hidden, config.rms_norm_eps),
             lm_head,
@@ -302,9 +382,12 @@ impl Transformer {
                 past + seq
             );
         }
-        let mut x = self.embed_tokens.forward(input_ids);
+        let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
         let (cos, sin) = self.rotary.cos_sin(position_ids, x.kind());
-        let mask = attention_mask(key_mask, seq, past);
+        let mut mask = attention_mask(key_mask, seq, past);
+        if cache.is_some() {
+            mask = attention_bias(&mask, x.kind());
+        }
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| CacheSlot {
                 past,
@@ -323,7 +406,7 @@ impl Transformer {
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => hidden.matmul(&self.embed_tokens.ws.tr()),
+            None => hidden.matmul(&self.embed_tokens.tr()),
         }
     }
 
@@ -335,6 +418,23 @@ impl Transformer {
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         Ok(self.logits(&self.hidden_states(input_ids, position_ids, key_mask, cache)?))
+    }
+
+    /// Another handle on the same weights (no copy), for a sampling thread: tensors
+    /// are `Send` but not `Sync`, so each thread needs its own handles.
+    pub fn shallow_clone(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            embed_tokens: self.embed_tokens.shallow_clone(),
+            layers: self
+                .layers
+                .iter()
+                .map(DecoderLayer::shallow_clone)
+                .collect(),
+            norm: self.norm.shallow_clone(),
+            lm_head: self.lm_head.as_ref().map(shallow_clone_linear),
+            rotary: self.rotary.shallow_clone(),
+        }
     }
 
     pub fn device(&self) -> tch::Device {
@@ -381,4 +481,9 @@ fn attention_mask(key_mask: &Tensor, queries: i64, past: i64) -> Tensor {
     let diagonal = key_pos.eq_tensor(&query_pos);
     let real_keys = key_mask.to_kind(Kind::Bool).unsqueeze(1).unsqueeze(1);
     causal.logical_and(&real_keys).logical_or(&diagonal)
+}
+
+/// The boolean mask as an additive bias: 0 where a query may look, -inf elsewhere.
+fn attention_bias(mask: &Tensor, kind: Kind) -> Tensor {
+    Tensor::where_scalar(mask, 0.0, f64::NEG_INFINITY).to_kind(kind)
 }

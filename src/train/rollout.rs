@@ -202,6 +202,7 @@ impl RolloutSource {
             stop_token_ids: self.stop_token_ids.clone(),
             stop_strings: Vec::new(),
             seed: step_seed(self.seed, step, draw),
+            ..SamplingParams::default()
         };
         let started = Instant::now();
         let completions = sample::generate(&model.transformer, &rows, &params, None)?;

@@ -3,10 +3,10 @@
 //! A decode step feeds one token per row: every matrix is tiny. Through libtorch such
 //! a step is about 250 kernels, and at these sizes each kernel's fixed dispatch and
 //! allocation cost is as large as its arithmetic. Here each step is a loop over rows
-//! that reads the weights in place, with the matrix products, dot products and axpys
-//! in AVX2/FMA kernels (`cpu_kernels.rs`). The prompt
-//! still goes through libtorch, whose kernels are efficient on its large matrices;
-//! its KV cache is copied over once ([`CpuDecoder::import_cache`]).
+//! that reads the weights in place; matrix products and attention's dot products and
+//! weighted sums run in AVX2/FMA kernels (`cpu_kernels.rs`). The prompt still goes
+//! through libtorch, whose kernels are efficient on its large matrices; its KV cache
+//! is copied over once ([`CpuDecoder::import_cache`]).
 //!
 //! The arithmetic is the transformer's (`transformer.rs`), in f32; `tests/sample.rs`
 //! checks that both paths give the same tokens and log-probs.
@@ -330,26 +330,24 @@ impl<'m> CpuDecoder<'m> {
         let mut out = vec![0.0f32; q.len()];
         let mut scores = Vec::with_capacity(cache.len + 1);
         for (i, &row) in rows.iter().enumerate() {
-            let keys = cache.first_key[row]..cache.len + 1;
+            let (first, len) = (cache.first_key[row], cache.len + 1);
             for head in 0..self.heads {
                 let base = self.cache_offset(cache, row, head / groups);
+                let keys = &cache.keys[layer][base + first * dim..base + len * dim];
+                let values = &cache.values[layer][base + first * dim..base + len * dim];
                 let query = &q[(i * self.heads + head) * dim..][..dim];
-                scores.clear();
-                scores.extend(keys.clone().map(|j| {
-                    let key = &cache.keys[layer][base + j * dim..][..dim];
-                    cpu_kernels::dot(query, key) * scale
-                }));
+                scores.resize(len - first, 0.0);
+                cpu_kernels::dots(query, keys, &mut scores);
+                scores.iter_mut().for_each(|s| *s *= scale);
                 let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut total = 0.0;
                 for s in scores.iter_mut() {
                     *s = (*s - max).exp();
                     total += *s;
                 }
+                scores.iter_mut().for_each(|s| *s /= total);
                 let output = &mut out[(i * self.heads + head) * dim..][..dim];
-                for (j, weight) in keys.clone().zip(&scores) {
-                    let value = &cache.values[layer][base + j * dim..][..dim];
-                    cpu_kernels::axpy(output, weight / total, value);
-                }
+                cpu_kernels::weighted_sum(&scores, values, output);
             }
         }
         out

@@ -1,5 +1,6 @@
 //! AVX2/FMA loops for the CPU decoder: the matrix product against weights stored
-//! [outputs, inputs] (nn::Linear's layout), dot products and axpy.
+//! [outputs, inputs] (nn::Linear's layout), and the dot products and weighted sums of
+//! attention.
 //!
 //! At decode sizes (a few dozen rows) a general GEMM spends as long packing the weight
 //! matrix into its panel layout as it spends multiplying. Here every output is a dot
@@ -60,7 +61,7 @@ pub(crate) fn matmul_transposed(x: &[f32], weight: &[f32], inputs: usize, out: &
 }
 
 /// Dot product of two equally long slices.
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+fn dot(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     assert!(available(), "the CPU kernels need AVX2 and FMA");
     #[cfg(target_arch = "x86_64")]
@@ -72,14 +73,37 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     unreachable!()
 }
 
-/// `out += weight · v`.
-pub(crate) fn axpy(out: &mut [f32], weight: f32, v: &[f32]) {
-    assert_eq!(out.len(), v.len());
+/// `scores[j] = dot(query, keys[j])` for `keys` [scores.len(), query.len()].
+pub(crate) fn dots(query: &[f32], keys: &[f32], scores: &mut [f32]) {
+    let dim = query.len();
+    assert_eq!(keys.len(), scores.len() * dim);
+    assert!(available(), "the CPU kernels need AVX2 and FMA");
+    let mut key = 0;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX2 and FMA are present; keys `key..key + 8` lie inside `keys` and
+    // their scores inside `scores`.
+    unsafe {
+        if dim % 8 == 0 {
+            while key + 8 <= scores.len() {
+                let sums = dots_of_8(query.as_ptr(), keys.as_ptr().wrapping_add(key * dim), dim);
+                _mm256_storeu_ps(scores.as_mut_ptr().wrapping_add(key), sums);
+                key += 8;
+            }
+        }
+    }
+    for (k, score) in scores.iter_mut().enumerate().skip(key) {
+        *score = dot(query, &keys[k * dim..(k + 1) * dim]);
+    }
+}
+
+/// `out = Σ_j weights[j] · values[j]` for `values` [weights.len(), out.len()].
+pub(crate) fn weighted_sum(weights: &[f32], values: &[f32], out: &mut [f32]) {
+    assert_eq!(values.len(), weights.len() * out.len());
     assert!(available(), "the CPU kernels need AVX2 and FMA");
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX2 and FMA are present; both slices hold `out.len()` floats.
+    // SAFETY: AVX2 and FMA are present; the lengths are checked above.
     unsafe {
-        axpy_avx(out, weight, v)
+        weighted_sum_avx(weights, values, out)
     }
 }
 
@@ -123,25 +147,73 @@ unsafe fn dot_avx(a: *const f32, b: *const f32, len: usize) -> f32 {
     }
 }
 
+/// Dot products of `query` with 8 consecutive keys of `dim` floats (a multiple of 8).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn axpy_avx(out: &mut [f32], weight: f32, v: &[f32]) {
+unsafe fn dots_of_8(query: *const f32, keys: *const f32, dim: usize) -> __m256 {
     unsafe {
-        let len = out.len();
-        let (o, x) = (out.as_mut_ptr(), v.as_ptr());
-        let w = _mm256_set1_ps(weight);
-        let chunks = len / 8;
+        let key = |j: usize| keys.wrapping_add(j * dim);
+        let zero = _mm256_setzero_ps();
+        let (mut s0, mut s1, mut s2, mut s3) = (zero, zero, zero, zero);
+        let (mut s4, mut s5, mut s6, mut s7) = (zero, zero, zero, zero);
+        for at in (0..dim).step_by(8) {
+            let q = _mm256_loadu_ps(query.wrapping_add(at));
+            s0 = _mm256_fmadd_ps(q, _mm256_loadu_ps(key(0).wrapping_add(at)), s0);
+            s1 = _mm256_fmadd_ps(q, _mm256_loadu_ps(key(1).wrapping_add(at)), s1);
+            s2 = _mm256_fmadd_ps(q, _mm256_loadu_ps(key(2).wrapping_add(at)), s2);
+            s3 = _mm256_fmadd_ps(q, _mm256_loadu_ps(key(3).wrapping_add(at)), s3);
+            s4 = _mm256_fmadd_ps(q, _mm256_loadu_ps(key(4).wrapping_add(at)), s4);
+            s5 = _mm256_fmadd_ps(q, _mm256_loadu_ps(key(5).wrapping_add(at)), s5);
+            s6 = _mm256_fmadd_ps(q, _mm256_loadu_ps(key(6).wrapping_add(at)), s6);
+            s7 = _mm256_fmadd_ps(q, _mm256_loadu_ps(key(7).wrapping_add(at)), s7);
+        }
+        // Pairwise sums leave, per 128-bit half, the half-sums of four keys; adding the
+        // halves gives the eight totals in key order.
+        let low = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
+        let high = _mm256_hadd_ps(_mm256_hadd_ps(s4, s5), _mm256_hadd_ps(s6, s7));
+        _mm256_add_ps(
+            _mm256_permute2f128_ps(low, high, 0x20),
+            _mm256_permute2f128_ps(low, high, 0x31),
+        )
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weighted_sum_avx(weights: &[f32], values: &[f32], out: &mut [f32]) {
+    unsafe {
+        let dim = out.len();
+        let (v, o) = (values.as_ptr(), out.as_mut_ptr());
+        let chunks = dim / 8;
         for c in 0..chunks {
             let at = c * 8;
-            let sum = _mm256_fmadd_ps(
-                w,
-                _mm256_loadu_ps(x.wrapping_add(at)),
-                _mm256_loadu_ps(o.wrapping_add(at)),
-            );
-            _mm256_storeu_ps(o.wrapping_add(at), sum);
+            // Four running sums so that consecutive FMAs do not wait on each other.
+            let term = |j: usize, sum: __m256| {
+                let value = _mm256_loadu_ps(v.wrapping_add(j * dim + at));
+                _mm256_fmadd_ps(_mm256_set1_ps(weights[j]), value, sum)
+            };
+            let zero = _mm256_setzero_ps();
+            let (mut s0, mut s1, mut s2, mut s3) = (zero, zero, zero, zero);
+            let mut j = 0;
+            while j + 4 <= weights.len() {
+                s0 = term(j, s0);
+                s1 = term(j + 1, s1);
+                s2 = term(j + 2, s2);
+                s3 = term(j + 3, s3);
+                j += 4;
+            }
+            for j in j..weights.len() {
+                s0 = term(j, s0);
+            }
+            let total = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+            _mm256_storeu_ps(o.wrapping_add(at), total);
         }
-        for i in chunks * 8..len {
-            *o.wrapping_add(i) += weight * *x.wrapping_add(i);
+        for i in chunks * 8..dim {
+            *o.wrapping_add(i) = weights
+                .iter()
+                .enumerate()
+                .map(|(j, w)| w * *v.wrapping_add(j * dim + i))
+                .sum();
         }
     }
 }
@@ -249,17 +321,28 @@ mod tests {
     }
 
     #[test]
-    fn dot_and_axpy_handle_tails() {
+    fn dots_and_weighted_sums_match_naive_loops() {
         if !available() {
             return;
         }
-        let (a, b) = (values(19, 3), values(19, 4));
-        let expected: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-        assert!((dot(&a, &b) - expected).abs() < 1e-5);
-        let mut out = a.clone();
-        axpy(&mut out, 0.5, &b);
-        for i in 0..19 {
-            assert!((out[i] - (a[i] + 0.5 * b[i])).abs() < 1e-6);
+        for (keys, dim) in [(19, 32), (5, 13), (8, 8)] {
+            let (query, k) = (values(dim, 3), values(keys * dim, 4));
+            let mut scores = vec![0.0; keys];
+            dots(&query, &k, &mut scores);
+            let weights = values(keys, 5);
+            let mut summed = vec![0.0; dim];
+            weighted_sum(&weights, &k, &mut summed);
+            for j in 0..keys {
+                let expected: f32 = (0..dim).map(|i| query[i] * k[j * dim + i]).sum();
+                assert!((scores[j] - expected).abs() < 1e-4, "{keys}x{dim} key {j}");
+            }
+            for i in 0..dim {
+                let expected: f32 = (0..keys).map(|j| weights[j] * k[j * dim + i]).sum();
+                assert!(
+                    (summed[i] - expected).abs() < 1e-4,
+                    "{keys}x{dim} column {i}"
+                );
+            }
         }
     }
 }

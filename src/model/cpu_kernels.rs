@@ -83,7 +83,7 @@ pub(crate) fn dots(query: &[f32], keys: &[f32], scores: &mut [f32]) {
     // SAFETY: AVX2 and FMA are present; keys `key..key + 8` lie inside `keys` and
     // their scores inside `scores`.
     unsafe {
-        if dim % 8 == 0 {
+        if dim.is_multiple_of(8) {
             while key + 8 <= scores.len() {
                 let sums = dots_of_8(query.as_ptr(), keys.as_ptr().wrapping_add(key * dim), dim);
                 _mm256_storeu_ps(scores.as_mut_ptr().wrapping_add(key), sums);

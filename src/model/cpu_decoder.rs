@@ -221,12 +221,18 @@ impl<'m> CpuDecoder<'m> {
         })
     }
 
-    /// Copies libtorch's cache after the prompt; `pad[r]` is row r's left padding.
-    pub(crate) fn import_cache(&self, cache: &KvCache, pad: &[usize]) -> Result<CpuCache> {
+    /// Copies batch rows `rows` of libtorch's cache after the prompt; `pad[i]` is the
+    /// left padding of row `rows.start + i`.
+    pub(crate) fn import_cache(
+        &self,
+        cache: &KvCache,
+        rows: std::ops::Range<usize>,
+        pad: &[usize],
+    ) -> Result<CpuCache> {
+        let (first, count) = (rows.start as i64, rows.len() as i64);
         let copy = |t: &Tensor| -> Result<Vec<f32>> {
-            Ok(Vec::try_from(
-                t.to_kind(Kind::Float).contiguous().reshape(-1),
-            )?)
+            let rows = t.narrow(0, first, count).to_kind(Kind::Float);
+            Ok(Vec::try_from(rows.contiguous().reshape(-1))?)
         };
         let (mut keys, mut values) = (Vec::new(), Vec::new());
         let mut capacity = 0;

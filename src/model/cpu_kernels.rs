@@ -167,15 +167,22 @@ unsafe fn dots_of_8(query: *const f32, keys: *const f32, dim: usize) -> __m256 {
             s6 = _mm256_fmadd_ps(q, _mm256_loadu_ps(key(6).wrapping_add(at)), s6);
             s7 = _mm256_fmadd_ps(q, _mm256_loadu_ps(key(7).wrapping_add(at)), s7);
         }
-        // Pairwise sums leave, per 128-bit half, the half-sums of four keys; adding the
-        // halves gives the eight totals in key order.
-        let low = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
-        let high = _mm256_hadd_ps(_mm256_hadd_ps(s4, s5), _mm256_hadd_ps(s6, s7));
-        _mm256_add_ps(
-            _mm256_permute2f128_ps(low, high, 0x20),
-            _mm256_permute2f128_ps(low, high, 0x31),
-        )
+        sums_of_8([s0, s1, s2, s3, s4, s5, s6, s7])
     }
+}
+
+/// The totals of eight vectors, in order, as one vector.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn sums_of_8(v: [__m256; 8]) -> __m256 {
+    // Pairwise sums leave, per 128-bit half, the half-sums of four vectors; adding the
+    // halves gives the eight totals.
+    let low = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+    let high = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+    _mm256_add_ps(
+        _mm256_permute2f128_ps(low, high, 0x20),
+        _mm256_permute2f128_ps(low, high, 0x31),
+    )
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -267,11 +274,15 @@ unsafe fn block_4x2(
                 .map(|i| *xr.wrapping_add(i) * *wr.wrapping_add(i))
                 .sum()
         };
-        let rows = [(x0, a0, b0), (x1, a1, b1), (x2, a2, b2), (x3, a3, b3)];
-        for (i, (xr, a, b)) in rows.into_iter().enumerate() {
+        let mut sums = [0.0f32; 8];
+        _mm256_storeu_ps(
+            sums.as_mut_ptr(),
+            sums_of_8([a0, b0, a1, b1, a2, b2, a3, b3]),
+        );
+        for (i, xr) in [x0, x1, x2, x3].into_iter().enumerate() {
             let at = (row + i) * outputs + output;
-            out[at] = horizontal_sum(a) + tail(xr, w0);
-            out[at + 1] = horizontal_sum(b) + tail(xr, w1);
+            out[at] = sums[2 * i] + tail(xr, w0);
+            out[at + 1] = sums[2 * i + 1] + tail(xr, w1);
         }
     }
 }
@@ -301,7 +312,8 @@ mod tests {
         if !available() {
             return;
         }
-        for (rows, inputs, outputs) in [(1, 8, 1), (5, 13, 3), (9, 64, 7), (4, 128, 2)] {
+        for (rows, inputs, outputs) in [(1, 8, 1), (5, 13, 3), (9, 64, 7), (4, 128, 2), (17, 24, 5)]
+        {
             let (x, w) = (values(rows * inputs, 1), values(outputs * inputs, 2));
             let mut out = vec![0.0; rows * outputs];
             matmul_transposed(&x, &w, inputs, &mut out);

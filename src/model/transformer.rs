@@ -29,20 +29,6 @@ impl RmsNorm {
         let normed = x * (mean_square + self.eps).rsqrt();
         &self.weight * normed.to_kind(kind)
     }
-
-    fn shallow_clone(&self) -> Self {
-        Self {
-            weight: self.weight.shallow_clone(),
-            eps: self.eps,
-        }
-    }
-}
-
-fn shallow_clone_linear(linear: &nn::Linear) -> nn::Linear {
-    nn::Linear {
-        ws: linear.ws.shallow_clone(),
-        bs: linear.bs.as_ref().map(Tensor::shallow_clone),
-    }
 }
 
 /// Rotary embeddings: the inverse frequencies, with Llama 3 / linear scaling applied.
@@ -95,12 +81,6 @@ impl Rotary {
         let signed_sin = Tensor::cat(&[-&sin, sin], -1);
         (angles.cos().to_kind(kind), signed_sin.to_kind(kind))
     }
-
-    fn shallow_clone(&self) -> Self {
-        Self {
-            inv_freq: self.inv_freq.shallow_clone(),
-        }
-    }
 }
 
 /// `x * cos + rotate_half(x) * sin`, with the sign of `rotate_half` folded into
@@ -149,16 +129,6 @@ impl Attention {
             heads,
             kv_heads,
             head_dim,
-        }
-    }
-
-    fn shallow_clone(&self) -> Self {
-        Self {
-            q_proj: shallow_clone_linear(&self.q_proj),
-            k_proj: shallow_clone_linear(&self.k_proj),
-            v_proj: shallow_clone_linear(&self.v_proj),
-            o_proj: shallow_clone_linear(&self.o_proj),
-            ..*self
         }
     }
 
@@ -261,14 +231,6 @@ impl Mlp {
         }
     }
 
-    fn shallow_clone(&self) -> Self {
-        Self {
-            gate_proj: shallow_clone_linear(&self.gate_proj),
-            up_proj: shallow_clone_linear(&self.up_proj),
-            down_proj: shallow_clone_linear(&self.down_proj),
-        }
-    }
-
     fn forward(&self, x: &Tensor) -> Tensor {
         let gate = self.gate_proj.forward(x).silu();
         self.down_proj.forward(&(gate * self.up_proj.forward(x)))
@@ -290,15 +252,6 @@ impl DecoderLayer {
             self_attn: Attention::new(&vs / "self_attn", config),
             post_attention_layernorm: RmsNorm::new(&vs / "post_attention_layernorm", hidden, eps),
             mlp: Mlp::new(&vs / "mlp", config),
-        }
-    }
-
-    fn shallow_clone(&self) -> Self {
-        Self {
-            input_layernorm: self.input_layernorm.shallow_clone(),
-            self_attn: self.self_attn.shallow_clone(),
-            post_attention_layernorm: self.post_attention_layernorm.shallow_clone(),
-            mlp: self.mlp.shallow_clone(),
         }
     }
 
@@ -418,23 +371,6 @@ impl Transformer {
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         Ok(self.logits(&self.hidden_states(input_ids, position_ids, key_mask, cache)?))
-    }
-
-    /// Another handle on the same weights (no copy), for a sampling thread: tensors
-    /// are `Send` but not `Sync`, so each thread needs its own handles.
-    pub fn shallow_clone(&self) -> Self {
-        Self {
-            config: self.config.clone(),
-            embed_tokens: self.embed_tokens.shallow_clone(),
-            layers: self
-                .layers
-                .iter()
-                .map(DecoderLayer::shallow_clone)
-                .collect(),
-            norm: self.norm.shallow_clone(),
-            lm_head: self.lm_head.as_ref().map(shallow_clone_linear),
-            rotary: self.rotary.shallow_clone(),
-        }
     }
 
     pub fn device(&self) -> tch::Device {

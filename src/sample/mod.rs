@@ -1,0 +1,268 @@
+//! Batched generation with the KV cache.
+//!
+//! Prompts are left-padded into one batch and decoded together; each step samples one
+//! token per active row. Rows that finish (a stop token, or a stop string when a
+//! decoder is given) are dropped from the batch and the cache, so they stop costing
+//! compute. Log-probs are those of the sampling distribution: logits divided by the
+//! temperature, before top-k / top-p filtering, as TRL computes them for the loss.
+
+mod pick;
+mod steps;
+
+use crate::model::Transformer;
+use crate::model::cpu_decoder::CpuDecoder;
+use anyhow::{Result, bail};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use steps::{CpuSteps, DecodeSteps, LibtorchSteps, Logits, Prefill};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    pub max_new_tokens: usize,
+    /// 0 means greedy decoding.
+    pub temperature: f64,
+    /// 0 disables top-k.
+    pub top_k: usize,
+    /// 1 disables top-p.
+    pub top_p: f64,
+    pub stop_token_ids: Vec<i64>,
+    pub stop_strings: Vec<String>,
+    pub seed: u64,
+    pub kernels: Kernels,
+}
+
+/// What runs the decode steps after the prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kernels {
+    /// Plain-Rust steps for f32 models on a CPU (several times faster there), libtorch
+    /// otherwise.
+    #[default]
+    Auto,
+    /// Always libtorch's forward.
+    Libtorch,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 64,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            stop_token_ids: Vec::new(),
+            stop_strings: Vec::new(),
+            seed: 0,
+            kernels: Kernels::Auto,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// A stop token or stop string ended the completion.
+    Stop,
+    /// `max_new_tokens` was reached.
+    Length,
+}
+
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// Generated ids, including the stop token when one ended the row.
+    pub token_ids: Vec<i64>,
+    /// Log-prob of each generated token under the temperature-scaled distribution.
+    pub logprobs: Vec<f32>,
+    pub finish_reason: FinishReason,
+}
+
+impl Completion {
+    fn empty() -> Self {
+        Self {
+            token_ids: Vec::new(),
+            logprobs: Vec::new(),
+            finish_reason: FinishReason::Length,
+        }
+    }
+}
+
+/// Turns token ids into text; needed only for stop strings.
+pub type Decoder<'a> = &'a (dyn Fn(&[i64]) -> String + Sync);
+
+/// Rows each CPU thread gets at least before the batch is split across threads.
+const MIN_ROWS_PER_THREAD: usize = 8;
+
+/// Generates one completion per prompt.
+///
+/// The prompts run through libtorch in one batch. For an f32 model on a CPU the decode
+/// steps then run in plain Rust ([`CpuDecoder`]), the batch split into one shard per
+/// libtorch thread, each decoded by its own thread: a decode step is a long chain of
+/// small operations that one thread runs best. Every row draws from its own random
+/// stream (seed, row), so a row's sample does not depend on the shard it lands in.
+/// Other models decode with libtorch's forward and KV cache.
+pub fn generate(
+    model: &Transformer,
+    prompts: &[Vec<i64>],
+    params: &SamplingParams,
+    decoder: Option<Decoder>,
+) -> Result<Vec<Completion>> {
+    validate(prompts, params, decoder.is_some())?;
+    if params.max_new_tokens == 0 {
+        return Ok(prompts.iter().map(|_| Completion::empty()).collect());
+    }
+    tch::no_grad(|| {
+        let prefill = Prefill::run(model, prompts, params.max_new_tokens)?;
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let cpu = match params.kernels {
+            Kernels::Auto => CpuDecoder::new(model, longest + params.max_new_tokens),
+            Kernels::Libtorch => None,
+        };
+        match cpu {
+            Some(cpu) => decode_in_shards(&cpu, prefill, prompts, params, decoder),
+            None => {
+                let logits = Logits::Tensor(prefill.logits.shallow_clone());
+                let mut steps = LibtorchSteps::new(model, prefill);
+                decode(logits, &mut steps, prompts.len(), 0, params, decoder)
+            }
+        }
+    })
+}
+
+/// Splits the batch into one shard per libtorch thread and decodes each on its own
+/// thread with the CPU decoder.
+fn decode_in_shards(
+    cpu: &CpuDecoder,
+    prefill: Prefill,
+    prompts: &[Vec<i64>],
+    params: &SamplingParams,
+    decoder: Option<Decoder>,
+) -> Result<Vec<Completion>> {
+    let threads = tch::get_num_threads().max(1) as usize;
+    let shards = threads.min(prompts.len() / MIN_ROWS_PER_THREAD).max(1);
+    let per_shard = prompts.len().div_ceil(shards);
+    let mut jobs = Vec::with_capacity(shards);
+    for first in (0..prompts.len()).step_by(per_shard) {
+        let rows = first..(first + per_shard).min(prompts.len());
+        let pad: Vec<usize> = prompts[rows.clone()]
+            .iter()
+            .map(|p| prefill.width - p.len())
+            .collect();
+        let logits = prefill.logits.narrow(0, first as i64, rows.len() as i64);
+        let steps = CpuSteps {
+            decoder: cpu,
+            cache: cpu.import_cache(&prefill.cache, rows.clone(), &pad)?,
+            positions: prompts[rows.clone()].iter().map(Vec::len).collect(),
+        };
+        jobs.push((first, rows.len(), Logits::rows_of(&logits)?, steps));
+    }
+    if jobs.len() == 1 {
+        let (first, rows, logits, mut steps) = jobs.pop().expect("one shard");
+        return decode(logits, &mut steps, rows, first, params, decoder);
+    }
+    let results: Vec<Result<Vec<Completion>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = jobs
+            .into_iter()
+            .map(|(first, rows, logits, mut steps)| {
+                scope.spawn(move || {
+                    // Top-k / top-p filtering still runs through libtorch: one thread each.
+                    tch::set_num_threads(1);
+                    tch::no_grad(|| decode(logits, &mut steps, rows, first, params, decoder))
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| worker.join().expect("a sampling thread panicked"))
+            .collect()
+    });
+    // Setting a thread's count also sets libtorch's default for new threads.
+    tch::set_num_threads(threads as i32);
+    let mut completions = Vec::with_capacity(prompts.len());
+    for shard in results {
+        completions.extend(shard?);
+    }
+    Ok(completions)
+}
+/// The random stream of prompt `row` under `seed`.
+fn row_rng(seed: u64, row: usize) -> StdRng {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..16].copy_from_slice(&(row as u64).to_le_bytes());
+    StdRng::from_seed(key)
+}
+
+fn validate(prompts: &[Vec<i64>], params: &SamplingParams, has_decoder: bool) -> Result<()> {
+    if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
+        bail!("prompt {i} is empty: a prompt needs at least one token");
+    }
+    if !(params.temperature >= 0.0 && params.temperature.is_finite()) {
+        bail!(
+            "temperature must be a finite number >= 0, got {}",
+            params.temperature
+        );
+    }
+    if !(params.top_p > 0.0 && params.top_p <= 1.0) {
+        bail!("top_p must lie in (0, 1], got {}", params.top_p);
+    }
+    if !params.stop_strings.is_empty() && !has_decoder {
+        bail!("stop strings need a tokenizer to decode completions");
+    }
+    Ok(())
+}
+
+/// Samples `rows` completions, the rows from `first_row` on of the whole batch, from
+/// the logits after their prompts and the steps that continue them.
+fn decode(
+    mut logits: Logits,
+    steps: &mut impl DecodeSteps,
+    rows: usize,
+    first_row: usize,
+    params: &SamplingParams,
+    decoder: Option<Decoder>,
+) -> Result<Vec<Completion>> {
+    let mut completions: Vec<Completion> = (0..rows).map(|_| Completion::empty()).collect();
+    // `active[j]` is the row (within this call) of batch row j.
+    let mut active: Vec<usize> = (0..rows).collect();
+    // Our own seeded generators rather than libtorch's global one, so that a seed gives
+    // the same completions whatever else runs in the process.
+    let mut rngs: Vec<StdRng> = (0..rows)
+        .map(|row| row_rng(params.seed, first_row + row))
+        .collect();
+    for step in 0..params.max_new_tokens {
+        let uniforms: Vec<f64> = active.iter().map(|&p| rngs[p].random()).collect();
+        let (tokens, logprobs) = pick::pick(logits, params, &uniforms)?;
+        let mut keep = Vec::with_capacity(active.len());
+        for (row, &index) in active.iter().enumerate() {
+            let completion = &mut completions[index];
+            completion.token_ids.push(tokens[row]);
+            completion.logprobs.push(logprobs[row]);
+            if stops(completion, params, decoder) {
+                completion.finish_reason = FinishReason::Stop;
+            } else {
+                keep.push(row);
+            }
+        }
+        if keep.is_empty() || step + 1 == params.max_new_tokens {
+            break;
+        }
+        let kept_tokens: Vec<i64> = keep.iter().map(|&row| tokens[row]).collect();
+        logits = steps.next(&active, &keep, &kept_tokens)?;
+        active = keep.iter().map(|&row| active[row]).collect();
+    }
+    Ok(completions)
+}
+fn stops(completion: &Completion, params: &SamplingParams, decoder: Option<Decoder>) -> bool {
+    let last = *completion.token_ids.last().unwrap_or(&-1);
+    if params.stop_token_ids.contains(&last) {
+        return true;
+    }
+    match decoder {
+        Some(decode) if !params.stop_strings.is_empty() => {
+            let text = decode(&completion.token_ids);
+            params
+                .stop_strings
+                .iter()
+                .any(|s| text.contains(s.as_str()))
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,137 @@
+//! What runs after the prompt: libtorch's forward with its KV cache, or for f32
+//! models on a CPU the plain-Rust [`CpuDecoder`].
+
+use crate::model::cpu_decoder::{CpuCache, CpuDecoder};
+use crate::model::{KvCache, Transformer, position_ids_from_mask};
+use anyhow::Result;
+use tch::{Device, Kind, Tensor};
+
+/// Next-token logits [rows, vocab]: a tensor, or floats in row-major order.
+pub(super) enum Logits {
+    Tensor(Tensor),
+    Rows(Vec<f32>),
+}
+
+impl Logits {
+    pub(super) fn rows_of(logits: &Tensor) -> Result<Self> {
+        Ok(Self::Rows(Vec::try_from(
+            logits.to_kind(Kind::Float).reshape(-1),
+        )?))
+    }
+}
+
+/// The prompts after one batched forward: their last logits and the KV cache.
+pub(super) struct Prefill {
+    pub(super) logits: Tensor,
+    pub(super) cache: KvCache,
+    /// Real (1) and padding (0) positions [batch, width].
+    key_mask: Tensor,
+    positions: Tensor,
+    /// Length of the longest prompt; shorter ones are left-padded to it.
+    pub(super) width: usize,
+}
+
+impl Prefill {
+    pub(super) fn run(
+        model: &Transformer,
+        prompts: &[Vec<i64>],
+        new_tokens: usize,
+    ) -> Result<Self> {
+        let (ids, key_mask) = left_pad(prompts, model.device());
+        let positions = position_ids_from_mask(&key_mask);
+        let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let mut cache = KvCache::with_capacity(model.config.num_hidden_layers, width + new_tokens);
+        let hidden = model.hidden_states(&ids, &positions, &key_mask, Some(&mut cache))?;
+        // Only the last position's logits are needed.
+        let logits = model.logits(&hidden.select(1, -1));
+        Ok(Self {
+            logits,
+            cache,
+            key_mask,
+            positions,
+            width,
+        })
+    }
+}
+
+/// Left-pads prompts: ids [batch, width] and the mask of real tokens.
+fn left_pad(prompts: &[Vec<i64>], device: Device) -> (Tensor, Tensor) {
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(prompts.len() * width);
+    let mut mask = Vec::with_capacity(prompts.len() * width);
+    for prompt in prompts {
+        let pad = width - prompt.len();
+        ids.extend(std::iter::repeat_n(0, pad).chain(prompt.iter().copied()));
+        mask.extend(std::iter::repeat_n(0i64, pad).chain(std::iter::repeat_n(1, prompt.len())));
+    }
+    let shape = [prompts.len() as i64, width as i64];
+    (
+        Tensor::from_slice(&ids).reshape(shape).to_device(device),
+        Tensor::from_slice(&mask).reshape(shape).to_device(device),
+    )
+}
+
+pub(super) trait DecodeSteps {
+    /// Keeps batch rows `keep` of `active` and feeds them `tokens`; returns their
+    /// next-token logits.
+    fn next(&mut self, active: &[usize], keep: &[usize], tokens: &[i64]) -> Result<Logits>;
+}
+
+pub(super) struct LibtorchSteps<'m> {
+    model: &'m Transformer,
+    cache: KvCache,
+    key_mask: Tensor,
+    /// Position of each batch row's next token.
+    positions: Tensor,
+}
+
+impl<'m> LibtorchSteps<'m> {
+    pub(super) fn new(model: &'m Transformer, prefill: Prefill) -> Self {
+        Self {
+            model,
+            cache: prefill.cache,
+            key_mask: prefill.key_mask,
+            positions: prefill.positions.select(1, -1) + 1,
+        }
+    }
+}
+
+impl DecodeSteps for LibtorchSteps<'_> {
+    fn next(&mut self, active: &[usize], keep: &[usize], tokens: &[i64]) -> Result<Logits> {
+        let device = self.key_mask.device();
+        if keep.len() < active.len() {
+            let rows: Vec<i64> = keep.iter().map(|&r| r as i64).collect();
+            let rows = Tensor::from_slice(&rows).to_device(device);
+            self.cache.select_rows(&rows);
+            self.key_mask = self.key_mask.index_select(0, &rows);
+            self.positions = self.positions.index_select(0, &rows);
+        }
+        let new_column = self.key_mask.ones_like().narrow(1, 0, 1);
+        self.key_mask = Tensor::cat(&[&self.key_mask, &new_column], 1);
+        let ids = Tensor::from_slice(tokens).to_device(device).unsqueeze(1);
+        let positions = self.positions.unsqueeze(1);
+        let logits = self
+            .model
+            .forward(&ids, &positions, &self.key_mask, Some(&mut self.cache))?
+            .select(1, -1);
+        self.positions += 1;
+        Ok(Logits::Tensor(logits))
+    }
+}
+
+pub(super) struct CpuSteps<'d, 'm> {
+    pub(super) decoder: &'d CpuDecoder<'m>,
+    pub(super) cache: CpuCache,
+    /// Position of each row's next token, by row.
+    pub(super) positions: Vec<usize>,
+}
+
+impl DecodeSteps for CpuSteps<'_, '_> {
+    fn next(&mut self, active: &[usize], keep: &[usize], tokens: &[i64]) -> Result<Logits> {
+        let rows: Vec<usize> = keep.iter().map(|&row| active[row]).collect();
+        let at: Vec<usize> = rows.iter().map(|&row| self.positions[row]).collect();
+        let logits = self.decoder.step(&mut self.cache, &rows, tokens, &at)?;
+        rows.iter().for_each(|&row| self.positions[row] += 1);
+        Ok(Logits::Rows(logits))
+    }
+}

@@ -220,7 +220,7 @@ enum BenchKind {
         #[arg(long, default_value_t = 2)]
         threads: usize,
         /// Each side's time is its best of this many runs (the machine is noisy).
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 10)]
         repeats: usize,
     },
     /// Seconds per GRPO step (sample / score / update) vs TRL's GRPOTrainer.

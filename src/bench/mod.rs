@@ -65,7 +65,8 @@ pub fn sample(bench: &SampleBench) -> Result<()> {
     let libtorch = best_of(bench.repeats, || {
         sample::generate(&model.transformer, &prompts, &libtorch_params, None).map(|_| ())
     })?;
-    let uncached = best_of(bench.repeats, || {
+    // Seconds per run: two are enough to see a ×10 gap.
+    let uncached = best_of(bench.repeats.min(2), || {
         no_cache_generate(&model, &prompts, &params)
     })?;
     println!(

@@ -110,34 +110,43 @@ pub fn generate(
         return Ok(prompts.iter().map(|_| Completion::empty()).collect());
     }
     tch::no_grad(|| {
-        let prefill = Prefill::run(model, prompts, params.max_new_tokens)?;
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
         let cpu = match params.kernels {
             Kernels::Auto => CpuDecoder::new(model, longest + params.max_new_tokens),
             Kernels::Libtorch => None,
         };
-        match cpu {
-            Some(cpu) => decode_in_shards(&cpu, prefill, prompts, params, decoder),
-            None => {
-                let logits = Logits::Tensor(prefill.logits.shallow_clone());
-                let mut steps = LibtorchSteps::new(model, prefill);
-                decode(logits, &mut steps, prompts.len(), 0, params, decoder)
-            }
+        let Some(cpu) = cpu else {
+            let prefill = Prefill::run(model, prompts, params.max_new_tokens)?;
+            let logits = Logits::Tensor(prefill.logits.shallow_clone());
+            let mut steps = LibtorchSteps::new(model, prefill);
+            return decode(logits, &mut steps, prompts.len(), 0, params, decoder);
+        };
+        let threads = tch::get_num_threads().max(1) as usize;
+        let shards = threads.min(prompts.len() / MIN_ROWS_PER_THREAD).max(1);
+        // When shards follow, everything runs on one libtorch thread per OS thread:
+        // after a parallel kernel, OpenMP's idle workers spin for milliseconds on the
+        // cores the shards need (a fifth of all CPU time in a profile).
+        if shards > 1 {
+            tch::set_num_threads(1);
         }
+        let completions = Prefill::run(model, prompts, params.max_new_tokens)
+            .and_then(|prefill| decode_in_shards(&cpu, prefill, shards, prompts, params, decoder));
+        // Setting a thread's count also sets libtorch's default for new threads.
+        tch::set_num_threads(threads as i32);
+        completions
     })
 }
 
-/// Splits the batch into one shard per libtorch thread and decodes each on its own
-/// thread with the CPU decoder.
+/// Splits the batch into `shards` and decodes each on its own thread with the CPU
+/// decoder.
 fn decode_in_shards(
     cpu: &CpuDecoder,
     prefill: Prefill,
+    shards: usize,
     prompts: &[Vec<i64>],
     params: &SamplingParams,
     decoder: Option<Decoder>,
 ) -> Result<Vec<Completion>> {
-    let threads = tch::get_num_threads().max(1) as usize;
-    let shards = threads.min(prompts.len() / MIN_ROWS_PER_THREAD).max(1);
     let per_shard = prompts.len().div_ceil(shards);
     let mut jobs = Vec::with_capacity(shards);
     for first in (0..prompts.len()).step_by(per_shard) {
@@ -163,7 +172,7 @@ fn decode_in_shards(
             .into_iter()
             .map(|(first, rows, logits, mut steps)| {
                 scope.spawn(move || {
-                    // Top-k / top-p filtering still runs through libtorch: one thread each.
+                    // Top-k / top-p filtering runs through libtorch: one thread each.
                     tch::set_num_threads(1);
                     tch::no_grad(|| decode(logits, &mut steps, rows, first, params, decoder))
                 })
@@ -174,8 +183,6 @@ fn decode_in_shards(
             .map(|worker| worker.join().expect("a sampling thread panicked"))
             .collect()
     });
-    // Setting a thread's count also sets libtorch's default for new threads.
-    tch::set_num_threads(threads as i32);
     let mut completions = Vec::with_capacity(prompts.len());
     for shard in results {
         completions.extend(shard?);

@@ -72,17 +72,17 @@ impl<'m> Projection<'m> {
         }
     }
 
-    /// `x` [rows, inputs] · weightᵀ + bias → [rows, outputs].
-    fn apply(&self, x: &[f32]) -> Vec<f32> {
+    /// `out` [rows, outputs] = `x` [rows, inputs] · weightᵀ + bias.
+    fn apply(&self, x: &[f32], out: &mut Vec<f32>) {
         let rows = x.len() / self.inputs;
-        let mut out = vec![0.0f32; rows * self.outputs];
-        cpu_kernels::matmul_transposed(x, self.weight, self.inputs, &mut out);
+        out.clear();
+        out.resize(rows * self.outputs, 0.0);
+        cpu_kernels::matmul_transposed(x, self.weight, self.inputs, out);
         if let Some(bias) = self.bias {
             for row in out.chunks_exact_mut(self.outputs) {
                 row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
             }
         }
-        out
     }
 }
 
@@ -99,9 +99,10 @@ impl<'m> Norm<'m> {
         })
     }
 
-    /// RMSNorm of each row of `x` [rows, hidden].
-    fn apply(&self, x: &[f32]) -> Vec<f32> {
-        let mut out = vec![0.0f32; x.len()];
+    /// `out` = RMSNorm of each row of `x` [rows, hidden].
+    fn apply(&self, x: &[f32], out: &mut Vec<f32>) {
+        out.clear();
+        out.resize(x.len(), 0.0);
         let hidden = self.weight.len();
         for (row, normed) in x.chunks_exact(hidden).zip(out.chunks_exact_mut(hidden)) {
             let mean_square = row.iter().map(|v| v * v).sum::<f32>() / hidden as f32;
@@ -110,7 +111,6 @@ impl<'m> Norm<'m> {
                 *n = w * (v * scale);
             }
         }
-        out
     }
 }
 
@@ -163,6 +163,21 @@ pub(crate) struct CpuCache {
     /// Positions held, the same for every row.
     len: usize,
     first_key: Vec<usize>,
+    /// Activations of a step, kept between steps so that decoding allocates nothing.
+    work: Work,
+}
+
+#[derive(Default)]
+struct Work {
+    normed: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attended: Vec<f32>,
+    projected: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    scores: Vec<f32>,
 }
 
 pub(crate) struct CpuDecoder<'m> {
@@ -248,6 +263,7 @@ impl<'m> CpuDecoder<'m> {
             capacity,
             len: cache.len() as usize,
             first_key: pad.to_vec(),
+            work: Work::default(),
         })
     }
 
@@ -271,26 +287,33 @@ impl<'m> CpuDecoder<'m> {
                 .with_context(|| format!("token id {token} is outside the vocabulary"))?;
             x.extend_from_slice(&self.embed[token * self.hidden..][..self.hidden]);
         }
+        let mut work = std::mem::take(&mut cache.work);
         for (index, layer) in self.layers.iter().enumerate() {
-            let normed = layer.input_norm.apply(&x);
-            let mut q = layer.q.apply(&normed);
-            let mut k = layer.k.apply(&normed);
-            let v = layer.v.apply(&normed);
-            self.rotate(&mut q, positions);
-            self.rotate(&mut k, positions);
-            self.store(cache, index, rows, &k, &v);
-            let attended = self.attend(cache, index, rows, &q);
-            add(&mut x, &layer.o.apply(&attended));
-            let normed = layer.post_norm.apply(&x);
-            let mut gate = layer.gate.apply(&normed);
-            let up = layer.up.apply(&normed);
-            for (g, u) in gate.iter_mut().zip(&up) {
+            layer.input_norm.apply(&x, &mut work.normed);
+            layer.q.apply(&work.normed, &mut work.q);
+            layer.k.apply(&work.normed, &mut work.k);
+            layer.v.apply(&work.normed, &mut work.v);
+            self.rotate(&mut work.q, positions);
+            self.rotate(&mut work.k, positions);
+            self.store(cache, index, rows, &work.k, &work.v);
+            self.attend(cache, index, rows, &mut work);
+            layer.o.apply(&work.attended, &mut work.projected);
+            add(&mut x, &work.projected);
+            layer.post_norm.apply(&x, &mut work.normed);
+            layer.gate.apply(&work.normed, &mut work.gate);
+            layer.up.apply(&work.normed, &mut work.up);
+            for (g, u) in work.gate.iter_mut().zip(&work.up) {
                 *g = *g / (1.0 + (-*g).exp()) * u;
             }
-            add(&mut x, &layer.down.apply(&gate));
+            layer.down.apply(&work.gate, &mut work.projected);
+            add(&mut x, &work.projected);
         }
         cache.len += 1;
-        Ok(self.head.apply(&self.norm.apply(&x)))
+        self.norm.apply(&x, &mut work.normed);
+        let mut logits = Vec::new();
+        self.head.apply(&work.normed, &mut logits);
+        cache.work = work;
+        Ok(logits)
     }
 
     /// Rotary embedding of every head of `x` [rows, heads × head_dim], in place.
@@ -327,14 +350,20 @@ impl<'m> CpuDecoder<'m> {
         (row * self.kv_heads + kv_head) * cache.capacity * self.head_dim
     }
 
-    /// Softmax attention of each query head over its row's real keys, the new one
-    /// included; returns [rows, heads × head_dim].
-    fn attend(&self, cache: &CpuCache, layer: usize, rows: &[usize], q: &[f32]) -> Vec<f32> {
+    /// Softmax attention of each query head of `work.q` over its row's real keys, the
+    /// new one included, into `work.attended` [rows, heads × head_dim].
+    fn attend(&self, cache: &CpuCache, layer: usize, rows: &[usize], work: &mut Work) {
+        let Work {
+            q,
+            attended: out,
+            scores,
+            ..
+        } = work;
         let dim = self.head_dim;
         let groups = self.heads / self.kv_heads;
         let scale = 1.0 / (dim as f32).sqrt();
-        let mut out = vec![0.0f32; q.len()];
-        let mut scores = Vec::with_capacity(cache.len + 1);
+        out.clear();
+        out.resize(q.len(), 0.0);
         for (i, &row) in rows.iter().enumerate() {
             let (first, len) = (cache.first_key[row], cache.len + 1);
             for head in 0..self.heads {
@@ -343,7 +372,7 @@ impl<'m> CpuDecoder<'m> {
                 let values = &cache.values[layer][base + first * dim..base + len * dim];
                 let query = &q[(i * self.heads + head) * dim..][..dim];
                 scores.resize(len - first, 0.0);
-                cpu_kernels::dots(query, keys, &mut scores);
+                cpu_kernels::dots(query, keys, scores);
                 scores.iter_mut().for_each(|s| *s *= scale);
                 let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut total = 0.0;
@@ -353,10 +382,9 @@ impl<'m> CpuDecoder<'m> {
                 }
                 scores.iter_mut().for_each(|s| *s /= total);
                 let output = &mut out[(i * self.heads + head) * dim..][..dim];
-                cpu_kernels::weighted_sum(&scores, values, output);
+                cpu_kernels::weighted_sum(scores, values, output);
             }
         }
-        out
     }
 }
 

@@ -209,7 +209,7 @@ impl<'m> CpuDecoder<'m> {
         }
         let config = &model.config;
         let (hidden, vocab) = (config.hidden_size, config.vocab_size);
-        let embed = floats(&model.embed_tokens)?;
+        let embed = floats(&model.embed_tokens.ws)?;
         let head = match &model.lm_head {
             Some(head) => Projection::new(head)?,
             None => Projection::from_parts(embed, None, hidden, vocab),

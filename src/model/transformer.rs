@@ -33,7 +33,7 @@ impl RmsNorm {
 
 /// Rotary embeddings: the inverse frequencies, with Llama 3 / linear scaling applied.
 pub(super) struct Rotary {
-    pub(super) inv_freq: Tensor,
+    inv_freq: Tensor,
 }
 
 impl Rotary {
@@ -102,9 +102,9 @@ pub(super) struct Attention {
     pub(super) k_proj: nn::Linear,
     pub(super) v_proj: nn::Linear,
     pub(super) o_proj: nn::Linear,
-    pub(super) heads: i64,
-    pub(super) kv_heads: i64,
-    pub(super) head_dim: i64,
+    heads: i64,
+    kv_heads: i64,
+    head_dim: i64,
 }
 
 impl Attention {
@@ -274,8 +274,7 @@ impl DecoderLayer {
 /// The causal language model: embeddings, decoder layers, final norm, LM head.
 pub struct Transformer {
     pub config: ModelConfig,
-    /// `model.embed_tokens.weight` [vocab, hidden].
-    pub(super) embed_tokens: Tensor,
+    pub(super) embed_tokens: nn::Embedding,
     pub(super) layers: Vec<DecoderLayer>,
     pub(super) norm: RmsNorm,
     /// `None` when the head is tied to the input embeddings.
@@ -289,9 +288,12 @@ impl Transformer {
         config.validate()?;
         let model = vs / "model";
         let (vocab, hidden) = (config.vocab_size as i64, config.hidden_size as i64);
-        let embed_init = nn::Init::Randn {
-            mean: 0.0,
-            stdev: 0.02,
+        let embed_config = nn::EmbeddingConfig {
+            ws_init: nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
+            ..Default::default()
         };
         let layers = (0..config.num_hidden_layers)
             .map(|i| DecoderLayer::new(&model / "layers" / i, config))
@@ -304,7 +306,7 @@ impl Transformer {
             nn::linear(vs / "lm_head", hidden, vocab, no_bias)
         });
         Ok(Self {
-            embed_tokens: (&model / "embed_tokens").var("weight", &[vocab, hidden], embed_init),
+            embed_tokens: nn::embedding(&model / "embed_tokens", vocab, hidden, embed_config),
             layers,
             norm: RmsNorm::new(&model / "norm", hidden, config.rms_norm_eps),
             lm_head,
@@ -335,7 +337,7 @@ impl Transformer {
                 past + seq
             );
         }
-        let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
+        let mut x = self.embed_tokens.forward(input_ids);
         let (cos, sin) = self.rotary.cos_sin(position_ids, x.kind());
         let mut mask = attention_mask(key_mask, seq, past);
         if cache.is_some() {
@@ -359,7 +361,7 @@ impl Transformer {
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => hidden.matmul(&self.embed_tokens.tr()),
+            None => hidden.matmul(&self.embed_tokens.ws.tr()),
         }
     }
 

@@ -26,7 +26,7 @@ pub struct SampleBench {
 }
 
 /// The ~1M-parameter Qwen2 the benchmark samples from.
-pub(crate) fn bench_model_config() -> ModelConfig {
+pub fn bench_model_config() -> ModelConfig {
     let mut config = ModelConfig::tiny_qwen2(512, 128, 4, 4);
     config.intermediate_size = 384;
     config

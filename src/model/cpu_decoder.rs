@@ -1,18 +1,18 @@
-//! Decode steps of an f32 model on a CPU, in plain Rust.
+//! Sampling forward passes of an f32 model on a CPU, in plain Rust: the prompts, then
+//! the decode steps.
 //!
 //! A decode step feeds one token per row: every matrix is tiny. Through libtorch such
 //! a step is about 250 kernels, and at these sizes each kernel's fixed dispatch and
-//! allocation cost is as large as its arithmetic. Here each step is a loop over rows
-//! that reads the weights in place; matrix products and attention's dot products and
-//! weighted sums run in AVX2/FMA kernels (`cpu_kernels.rs`). The prompt still goes
-//! through libtorch, whose kernels are efficient on its large matrices; its KV cache
-//! is copied over once ([`CpuDecoder::import_cache`]).
+//! allocation cost is as large as its arithmetic. Here a pass is a loop over the fed
+//! tokens; matrix products (against weights repacked once per decoder), attention's dot
+//! products and weighted sums, SiLU and softmax run in AVX2/FMA kernels
+//! (`cpu_kernels.rs`). Prompts go through the same code, all their tokens at once,
+//! which keeps every thread's work on its own cache rows and off libtorch.
 //!
 //! The arithmetic is the transformer's (`transformer.rs`), in f32; `tests/sample.rs`
 //! checks that both paths give the same tokens and log-probs.
 
-use super::cpu_kernels;
-use super::kv_cache::KvCache;
+use super::cpu_kernels::{self, PackedWeights};
 use super::transformer::{Attention, DecoderLayer, Mlp, RmsNorm, Transformer};
 use anyhow::{Context, Result, bail};
 use tch::{Device, Kind, Tensor, nn};
@@ -31,55 +31,39 @@ fn floats(tensor: &Tensor) -> Option<&[f32]> {
     })
 }
 
-/// A weight matrix [outputs, inputs] and its bias, as `nn::Linear` holds them.
+/// A weight matrix, packed for the matrix product, and its bias.
 struct Projection<'m> {
-    weight: &'m [f32],
+    weight: PackedWeights,
     bias: Option<&'m [f32]>,
-    inputs: usize,
-    outputs: usize,
 }
 
 impl<'m> Projection<'m> {
     fn new(linear: &'m nn::Linear) -> Option<Self> {
-        let &[outputs, inputs] = linear.ws.size().as_slice() else {
+        let &[_, inputs] = linear.ws.size().as_slice() else {
             return None;
         };
         let bias = match &linear.bs {
             Some(bias) => Some(floats(bias)?),
             None => None,
         };
-        Some(Self::from_parts(
-            floats(&linear.ws)?,
-            bias,
-            inputs as usize,
-            outputs as usize,
-        ))
+        Some(Self::from_parts(floats(&linear.ws)?, bias, inputs as usize))
     }
 
-    fn from_parts(
-        weight: &'m [f32],
-        bias: Option<&'m [f32]>,
-        inputs: usize,
-        outputs: usize,
-    ) -> Self {
-        assert_eq!(weight.len(), inputs * outputs);
-        assert!(bias.is_none_or(|b| b.len() == outputs));
-        Self {
-            weight,
-            bias,
-            inputs,
-            outputs,
-        }
+    /// `weight` [outputs, inputs] as `nn::Linear` holds it.
+    fn from_parts(weight: &[f32], bias: Option<&'m [f32]>, inputs: usize) -> Self {
+        let weight = PackedWeights::pack(weight, inputs);
+        assert!(bias.is_none_or(|b| b.len() == weight.outputs));
+        Self { weight, bias }
     }
 
     /// `out` [rows, outputs] = `x` [rows, inputs] · weightᵀ + bias.
     fn apply(&self, x: &[f32], out: &mut Vec<f32>) {
-        let rows = x.len() / self.inputs;
+        let (inputs, outputs) = (self.weight.inputs, self.weight.outputs);
         out.clear();
-        out.resize(rows * self.outputs, 0.0);
-        cpu_kernels::matmul_transposed(x, self.weight, self.inputs, out);
+        out.resize(x.len() / inputs * outputs, 0.0);
+        cpu_kernels::matmul(x, &self.weight, out);
         if let Some(bias) = self.bias {
-            for row in out.chunks_exact_mut(self.outputs) {
+            for row in out.chunks_exact_mut(outputs) {
                 row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
             }
         }
@@ -154,15 +138,14 @@ impl<'m> Layer<'m> {
     }
 }
 
-/// Keys and values of every row, per layer [rows, kv_heads, capacity, head_dim],
-/// plus where each row's real tokens start (prompts are left-padded).
+/// Keys and values of every row, per layer [rows, kv_heads, capacity, head_dim]; a
+/// row's key at position p sits in slot p.
 pub(crate) struct CpuCache {
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
     capacity: usize,
-    /// Positions held, the same for every row.
-    len: usize,
-    first_key: Vec<usize>,
+    /// Positions each row holds.
+    lens: Vec<usize>,
     /// Activations of a step, kept between steps so that decoding allocates nothing.
     work: Work,
 }
@@ -212,7 +195,7 @@ impl<'m> CpuDecoder<'m> {
         let embed = floats(&model.embed_tokens.ws)?;
         let head = match &model.lm_head {
             Some(head) => Projection::new(head)?,
-            None => Projection::from_parts(embed, None, hidden, vocab),
+            None => Projection::from_parts(embed, None, hidden),
         };
         let layers = model
             .layers
@@ -236,56 +219,50 @@ impl<'m> CpuDecoder<'m> {
         })
     }
 
-    /// Copies batch rows `rows` of libtorch's cache after the prompt; `pad[i]` is the
-    /// left padding of row `rows.start + i`.
-    pub(crate) fn import_cache(
-        &self,
-        cache: &KvCache,
-        rows: std::ops::Range<usize>,
-        pad: &[usize],
-    ) -> Result<CpuCache> {
-        let (first, count) = (rows.start as i64, rows.len() as i64);
-        let copy = |t: &Tensor| -> Result<Vec<f32>> {
-            let rows = t.narrow(0, first, count).to_kind(Kind::Float);
-            Ok(Vec::try_from(rows.contiguous().reshape(-1))?)
-        };
-        let (mut keys, mut values) = (Vec::new(), Vec::new());
-        let mut capacity = 0;
-        for layer in 0..self.layers.len() {
-            let (k, v) = cache.layer_tensors(layer);
-            capacity = k.size()[2] as usize;
-            keys.push(copy(k)?);
-            values.push(copy(v)?);
-        }
-        Ok(CpuCache {
-            keys,
-            values,
+    /// An empty cache for `rows` rows of up to `capacity` positions each.
+    pub(crate) fn cache(&self, rows: usize, capacity: usize) -> CpuCache {
+        let size = rows * self.kv_heads * capacity * self.head_dim;
+        CpuCache {
+            keys: (0..self.layers.len()).map(|_| vec![0.0; size]).collect(),
+            values: (0..self.layers.len()).map(|_| vec![0.0; size]).collect(),
             capacity,
-            len: cache.len() as usize,
-            first_key: pad.to_vec(),
+            lens: vec![0; rows],
             work: Work::default(),
-        })
+        }
     }
 
-    /// Feeds one token per row and returns the next-token logits [rows, vocab].
-    /// `rows[i]` is the cache row of batch row i, at `positions[i]`.
-    pub(crate) fn step(
+    /// Feeds `tokens[i]`, one or more, to cache row `rows[i]` after what the row holds,
+    /// and returns the next-token logits after each row's last token [rows, vocab]. A
+    /// prompt is one call with all its tokens; a decode step, one token per row.
+    pub(crate) fn feed(
         &self,
         cache: &mut CpuCache,
         rows: &[usize],
-        tokens: &[i64],
-        positions: &[usize],
+        tokens: &[&[i64]],
     ) -> Result<Vec<f32>> {
-        if cache.len >= cache.capacity {
-            bail!("KV cache full at {} positions", cache.capacity);
-        }
-        let mut x = Vec::with_capacity(rows.len() * self.hidden);
-        for &token in tokens {
-            let token = usize::try_from(token)
-                .ok()
-                .filter(|&t| t < self.vocab)
-                .with_context(|| format!("token id {token} is outside the vocabulary"))?;
-            x.extend_from_slice(&self.embed[token * self.hidden..][..self.hidden]);
+        // One entry per token: its row and position.
+        let mut entries = Vec::new();
+        let mut x = Vec::new();
+        for (&row, row_tokens) in rows.iter().zip(tokens) {
+            let start = cache.lens[row];
+            if row_tokens.is_empty() || start + row_tokens.len() > cache.capacity {
+                bail!(
+                    "cannot feed {} token(s) to a row holding {start} of {} positions",
+                    row_tokens.len(),
+                    cache.capacity
+                );
+            }
+            for (offset, &token) in row_tokens.iter().enumerate() {
+                let token = usize::try_from(token)
+                    .ok()
+                    .filter(|&t| t < self.vocab)
+                    .with_context(|| format!("token id {token} is outside the vocabulary"))?;
+                x.extend_from_slice(&self.embed[token * self.hidden..][..self.hidden]);
+                entries.push(Entry {
+                    row,
+                    position: start + offset,
+                });
+            }
         }
         let mut work = std::mem::take(&mut cache.work);
         for (index, layer) in self.layers.iter().enumerate() {
@@ -293,35 +270,40 @@ impl<'m> CpuDecoder<'m> {
             layer.q.apply(&work.normed, &mut work.q);
             layer.k.apply(&work.normed, &mut work.k);
             layer.v.apply(&work.normed, &mut work.v);
-            self.rotate(&mut work.q, positions);
-            self.rotate(&mut work.k, positions);
-            self.store(cache, index, rows, &work.k, &work.v);
-            self.attend(cache, index, rows, &mut work);
+            self.rotate(&mut work.q, &entries);
+            self.rotate(&mut work.k, &entries);
+            self.store(cache, index, &entries, &work.k, &work.v);
+            self.attend(cache, index, &entries, &mut work);
             layer.o.apply(&work.attended, &mut work.projected);
             add(&mut x, &work.projected);
             layer.post_norm.apply(&x, &mut work.normed);
             layer.gate.apply(&work.normed, &mut work.gate);
             layer.up.apply(&work.normed, &mut work.up);
-            for (g, u) in work.gate.iter_mut().zip(&work.up) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
-            }
+            cpu_kernels::silu_times(&mut work.gate, &work.up);
             layer.down.apply(&work.gate, &mut work.projected);
             add(&mut x, &work.projected);
         }
-        cache.len += 1;
-        self.norm.apply(&x, &mut work.normed);
+        // Only each row's last token needs logits.
+        let mut last = Vec::with_capacity(rows.len() * self.hidden);
+        let mut end = 0;
+        for (&row, row_tokens) in rows.iter().zip(tokens) {
+            end += row_tokens.len();
+            last.extend_from_slice(&x[(end - 1) * self.hidden..][..self.hidden]);
+            cache.lens[row] += row_tokens.len();
+        }
+        self.norm.apply(&last, &mut work.normed);
         let mut logits = Vec::new();
         self.head.apply(&work.normed, &mut logits);
         cache.work = work;
         Ok(logits)
     }
 
-    /// Rotary embedding of every head of `x` [rows, heads × head_dim], in place.
-    fn rotate(&self, x: &mut [f32], positions: &[usize]) {
+    /// Rotary embedding of every head of `x` [entries, heads × head_dim], in place.
+    fn rotate(&self, x: &mut [f32], entries: &[Entry]) {
         let (dim, half) = (self.head_dim, self.head_dim / 2);
-        let heads = x.len() / positions.len() / dim;
+        let heads = x.len() / entries.len() / dim;
         let mut rotated = vec![0.0f32; dim];
-        for (row, &position) in x.chunks_exact_mut(heads * dim).zip(positions) {
+        for (row, &Entry { position, .. }) in x.chunks_exact_mut(heads * dim).zip(entries) {
             let cos = &self.cos[position * dim..][..dim];
             let sin = &self.sin[position * dim..][..dim];
             for head in row.chunks_exact_mut(dim) {
@@ -333,12 +315,12 @@ impl<'m> CpuDecoder<'m> {
         }
     }
 
-    /// Writes the new keys and values [rows, kv_heads × head_dim] at position `len`.
-    fn store(&self, cache: &mut CpuCache, layer: usize, rows: &[usize], k: &[f32], v: &[f32]) {
+    /// Writes the new keys and values [entries, kv_heads × head_dim] at their positions.
+    fn store(&self, cache: &mut CpuCache, layer: usize, entries: &[Entry], k: &[f32], v: &[f32]) {
         let dim = self.head_dim;
-        for (i, &row) in rows.iter().enumerate() {
+        for (i, &Entry { row, position }) in entries.iter().enumerate() {
             for head in 0..self.kv_heads {
-                let at = self.cache_offset(cache, row, head) + cache.len * dim;
+                let at = self.cache_offset(cache, row, head) + position * dim;
                 let from = (i * self.kv_heads + head) * dim;
                 cache.keys[layer][at..at + dim].copy_from_slice(&k[from..from + dim]);
                 cache.values[layer][at..at + dim].copy_from_slice(&v[from..from + dim]);
@@ -350,9 +332,9 @@ impl<'m> CpuDecoder<'m> {
         (row * self.kv_heads + kv_head) * cache.capacity * self.head_dim
     }
 
-    /// Softmax attention of each query head of `work.q` over its row's real keys, the
-    /// new one included, into `work.attended` [rows, heads × head_dim].
-    fn attend(&self, cache: &CpuCache, layer: usize, rows: &[usize], work: &mut Work) {
+    /// Softmax attention of each query head of `work.q` over its row's keys up to its
+    /// own position, into `work.attended` [entries, heads × head_dim].
+    fn attend(&self, cache: &CpuCache, layer: usize, entries: &[Entry], work: &mut Work) {
         let Work {
             q,
             attended: out,
@@ -364,28 +346,28 @@ impl<'m> CpuDecoder<'m> {
         let scale = 1.0 / (dim as f32).sqrt();
         out.clear();
         out.resize(q.len(), 0.0);
-        for (i, &row) in rows.iter().enumerate() {
-            let (first, len) = (cache.first_key[row], cache.len + 1);
+        for (i, &Entry { row, position }) in entries.iter().enumerate() {
+            let len = position + 1;
             for head in 0..self.heads {
                 let base = self.cache_offset(cache, row, head / groups);
-                let keys = &cache.keys[layer][base + first * dim..base + len * dim];
-                let values = &cache.values[layer][base + first * dim..base + len * dim];
+                let keys = &cache.keys[layer][base..base + len * dim];
+                let values = &cache.values[layer][base..base + len * dim];
                 let query = &q[(i * self.heads + head) * dim..][..dim];
-                scores.resize(len - first, 0.0);
+                scores.resize(len, 0.0);
                 cpu_kernels::dots(query, keys, scores);
-                scores.iter_mut().for_each(|s| *s *= scale);
-                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut total = 0.0;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    total += *s;
-                }
-                scores.iter_mut().for_each(|s| *s /= total);
+                cpu_kernels::softmax(scores, scale);
                 let output = &mut out[(i * self.heads + head) * dim..][..dim];
                 cpu_kernels::weighted_sum(scores, values, output);
             }
         }
     }
+}
+
+/// A token being fed: its cache row and position.
+#[derive(Clone, Copy)]
+struct Entry {
+    row: usize,
+    position: usize,
 }
 
 fn add(x: &mut [f32], y: &[f32]) {

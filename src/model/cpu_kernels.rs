@@ -1,12 +1,12 @@
-//! AVX2/FMA loops for the CPU decoder: the matrix product against weights stored
-//! [outputs, inputs] (nn::Linear's layout), and the dot products and weighted sums of
-//! attention.
+//! AVX2/FMA loops for the CPU decoder: the matrix product against a weight matrix,
+//! and the dot products and weighted sums of attention.
 //!
-//! At decode sizes (a few dozen rows) a general GEMM spends as long packing the weight
-//! matrix into its panel layout as it spends multiplying. Here every output is a dot
-//! product of a row of `x` with a row of the weights, both contiguous already, so
-//! nothing is packed; a 4-row × 2-output block keeps 8 accumulators in registers and
-//! loads each weight vector once per 4 rows.
+//! The weights are repacked once per decoder ([`PackedWeights`]) into panels of 16
+//! outputs, each stored input by input, so that the product's inner step is two
+//! aligned loads of weights and one broadcast of an input per row: a 6-row × 16-output
+//! tile keeps 12 accumulators in registers and needs no horizontal sums. A general GEMM
+//! would pack the weights on every call, as long as the multiplication takes at the
+//! few dozen rows of a decode step.
 //!
 //! Callers must check [`available`] first: the functions are compiled for AVX2 and FMA.
 
@@ -25,36 +25,82 @@ pub(crate) fn available() -> bool {
     }
 }
 
-/// `out` [rows, outputs] = `x` [rows, inputs] · `weight`ᵀ, with `weight` [outputs, inputs].
-pub(crate) fn matmul_transposed(x: &[f32], weight: &[f32], inputs: usize, out: &mut [f32]) {
+/// Outputs per panel of [`PackedWeights`]: two AVX vectors.
+const PANEL: usize = 16;
+/// Rows of `x` per tile: 6 × 2 accumulators, 2 weight vectors and a broadcast fill 15
+/// of the 16 vector registers.
+const TILE_ROWS: usize = 6;
+
+/// A weight matrix [outputs, inputs] in panels of 16 outputs, each [inputs, 16], 32-byte
+/// aligned; the last panel is padded with zeros.
+pub(crate) struct PackedWeights {
+    floats: Vec<f32>,
+    /// Index of the first panel float in `floats` (the alignment offset).
+    start: usize,
+    pub(crate) inputs: usize,
+    pub(crate) outputs: usize,
+}
+
+impl PackedWeights {
+    pub(crate) fn pack(weight: &[f32], inputs: usize) -> Self {
+        let outputs = weight.len() / inputs;
+        assert_eq!(weight.len(), outputs * inputs);
+        let size = outputs.div_ceil(PANEL) * PANEL * inputs;
+        let mut floats = vec![0.0f32; size + 8];
+        let start = floats.as_ptr().align_offset(32).min(8);
+        let panels = &mut floats[start..start + size];
+        for (o, row) in weight.chunks_exact(inputs).enumerate() {
+            let panel = &mut panels[(o / PANEL) * PANEL * inputs..];
+            for (i, &w) in row.iter().enumerate() {
+                panel[i * PANEL + o % PANEL] = w;
+            }
+        }
+        Self {
+            floats,
+            start,
+            inputs,
+            outputs,
+        }
+    }
+
+    fn panels(&self) -> &[f32] {
+        &self.floats[self.start..]
+    }
+}
+
+/// `out` [rows, outputs] = `x` [rows, inputs] · weightᵀ.
+pub(crate) fn matmul(x: &[f32], weight: &PackedWeights, out: &mut [f32]) {
+    let (inputs, outputs) = (weight.inputs, weight.outputs);
     let rows = x.len() / inputs;
-    let outputs = weight.len() / inputs;
-    assert!(x.len() == rows * inputs && weight.len() == outputs * inputs);
+    assert_eq!(x.len(), rows * inputs);
     assert_eq!(out.len(), rows * outputs);
     assert!(available(), "the CPU kernels need AVX2 and FMA");
+    let panels = weight.panels();
+    assert!(panels.len() >= outputs.div_ceil(PANEL) * PANEL * inputs);
+    assert!(panels.as_ptr().align_offset(32) == 0, "unaligned panels");
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX2 and FMA are present (checked above), and every pointer the block
-    // functions form stays inside the slices whose lengths were just checked.
+    // SAFETY: AVX2 and FMA are present (checked above). A tile reads rows
+    // `row..row + R` of `x` and one whole panel, all inside the slices, and writes
+    // `columns` outputs of those rows, inside `out`; the panels are 32-byte aligned.
     unsafe {
-        // Two weight rows (in L1) against every row of `x` (small enough for L1 too),
-        // so each weight is read from memory once per product.
-        let mut output = 0;
-        while output + 2 <= outputs {
+        // One panel (at most 16 × inputs floats, in L1) against every row of `x`.
+        for first in (0..outputs).step_by(PANEL) {
+            let columns = PANEL.min(outputs - first);
+            let panel = panels.as_ptr().wrapping_add(first * inputs);
             let mut row = 0;
-            while row + 4 <= rows {
-                block_4x2(x, weight, inputs, row, output, out, outputs);
-                row += 4;
-            }
-            for r in row..rows {
-                for o in output..output + 2 {
-                    out[r * outputs + o] = dot_unchecked(x, weight, inputs, r, o);
+            while row < rows {
+                let x = x.as_ptr().wrapping_add(row * inputs);
+                let out = out.as_mut_ptr().wrapping_add(row * outputs + first);
+                let tile = (outputs, columns);
+                match rows - row {
+                    1 => tile_of::<1>(x, inputs, panel, out, tile),
+                    2 => tile_of::<2>(x, inputs, panel, out, tile),
+                    3 => tile_of::<3>(x, inputs, panel, out, tile),
+                    4 => tile_of::<4>(x, inputs, panel, out, tile),
+                    5 => tile_of::<5>(x, inputs, panel, out, tile),
+                    _ => tile_of::<TILE_ROWS>(x, inputs, panel, out, tile),
                 }
-            }
-            output += 2;
-        }
-        for o in output..outputs {
-            for r in 0..rows {
-                out[r * outputs + o] = dot_unchecked(x, weight, inputs, r, o);
+                row += TILE_ROWS;
             }
         }
     }
@@ -107,22 +153,119 @@ pub(crate) fn weighted_sum(weights: &[f32], values: &[f32], out: &mut [f32]) {
     }
 }
 
+/// `gate[i] = silu(gate[i]) · up[i]`: SwiGLU's product, with silu(g) = g / (1 + e⁻ᵍ).
+pub(crate) fn silu_times(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len());
+    assert!(available(), "the CPU kernels need AVX2 and FMA");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX2 and FMA are present.
+    let done = unsafe { silu_times_avx(gate, up) };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
+    for (g, u) in gate[done..].iter_mut().zip(&up[done..]) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// `scores` ← softmax(`scale` · `scores`).
+pub(crate) fn softmax(scores: &mut [f32], scale: f32) {
+    assert!(available(), "the CPU kernels need AVX2 and FMA");
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX2 and FMA are present.
+    let (done, mut total) = unsafe { exp_shifted_avx(scores, scale, scale * max) };
+    #[cfg(not(target_arch = "x86_64"))]
+    let (done, mut total) = (0, 0.0);
+    for s in &mut scores[done..] {
+        *s = (*s * scale - scale * max).exp();
+        total += *s;
+    }
+    scores.iter_mut().for_each(|s| *s /= total);
+}
+
+/// The first multiple of 8 of the floats of `silu_times`; returns how many it did.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_unchecked(
-    x: &[f32],
-    weight: &[f32],
-    inputs: usize,
-    row: usize,
-    output: usize,
-) -> f32 {
-    unsafe {
-        dot_avx(
-            x.as_ptr().wrapping_add(row * inputs),
-            weight.as_ptr().wrapping_add(output * inputs),
-            inputs,
-        )
+unsafe fn silu_times_avx(gate: &mut [f32], up: &[f32]) -> usize {
+    let one = _mm256_set1_ps(1.0);
+    let mut done = 0;
+    while done + 8 <= gate.len().min(up.len()) {
+        let (g_at, u_at) = (
+            gate.as_mut_ptr().wrapping_add(done),
+            up.as_ptr().wrapping_add(done),
+        );
+        // SAFETY: 8 floats from `done` on lie inside both slices.
+        let (g, u) = unsafe { (_mm256_loadu_ps(g_at), _mm256_loadu_ps(u_at)) };
+        let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
+        let silu = _mm256_div_ps(g, _mm256_add_ps(one, e));
+        // SAFETY: as for the load.
+        unsafe { _mm256_storeu_ps(g_at, _mm256_mul_ps(silu, u)) };
+        done += 8;
     }
+    done
+}
+
+/// `scores[i] = e^(scale · scores[i] - shift)` for the first multiple of 8 of them;
+/// returns how many it did and their sum.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_shifted_avx(scores: &mut [f32], scale: f32, shift: f32) -> (usize, f32) {
+    let (scale, shift) = (_mm256_set1_ps(scale), _mm256_set1_ps(shift));
+    let mut sums = _mm256_setzero_ps();
+    let mut done = 0;
+    while done + 8 <= scores.len() {
+        let at = scores.as_mut_ptr().wrapping_add(done);
+        // SAFETY: 8 floats from `done` on lie inside `scores`.
+        let e = exp8(_mm256_fmsub_ps(
+            unsafe { _mm256_loadu_ps(at) },
+            scale,
+            shift,
+        ));
+        // SAFETY: as for the load.
+        unsafe { _mm256_storeu_ps(at, e) };
+        sums = _mm256_add_ps(sums, e);
+        done += 8;
+    }
+    (done, horizontal_sum(sums))
+}
+
+/// e^x of 8 floats: x = n·ln 2 + r with |r| ≤ ln 2 / 2, e^r by Cephes' degree-6
+/// polynomial (relative error about 2e-7 over the range), 2^n built in the exponent bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn exp8(x: __m256) -> __m256 {
+    let x = _mm256_min_ps(
+        _mm256_max_ps(x, _mm256_set1_ps(-87.3)),
+        _mm256_set1_ps(88.7),
+    );
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(std::f32::consts::LOG2_E),
+    ));
+    // ln 2 in two parts, so that n · ln 2 is exact enough.
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm256_set1_ps(1.987_569_1e-4);
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let p = _mm256_fmadd_ps(
+        _mm256_mul_ps(p, r),
+        r,
+        _mm256_add_ps(r, _mm256_set1_ps(1.0)),
+    );
+    let two_to_n = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_cvtps_epi32(n),
+        _mm256_set1_epi32(127),
+    ));
+    _mm256_mul_ps(p, _mm256_castsi256_ps(two_to_n))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -225,64 +368,44 @@ unsafe fn weighted_sum_avx(weights: &[f32], values: &[f32], out: &mut [f32]) {
     }
 }
 
-/// Outputs `output` and `output + 1` of rows `row..row + 4`.
+/// `R` rows of the product from `x` on, against one panel, into `out`:
+/// `tile = (row stride of out, outputs of the panel to write)`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn block_4x2(
-    x: &[f32],
-    weight: &[f32],
+unsafe fn tile_of<const R: usize>(
+    x: *const f32,
     inputs: usize,
-    row: usize,
-    output: usize,
-    out: &mut [f32],
-    outputs: usize,
+    panel: *const f32,
+    out: *mut f32,
+    (stride, columns): (usize, usize),
 ) {
     unsafe {
-        let x0 = x.as_ptr().wrapping_add(row * inputs);
-        let (x1, x2, x3) = (
-            x0.wrapping_add(inputs),
-            x0.wrapping_add(2 * inputs),
-            x0.wrapping_add(3 * inputs),
-        );
-        let w0 = weight.as_ptr().wrapping_add(output * inputs);
-        let w1 = w0.wrapping_add(inputs);
-        let zero = _mm256_setzero_ps();
-        let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
-        let (mut b0, mut b1, mut b2, mut b3) = (zero, zero, zero, zero);
-        let chunks = inputs / 8;
-        for c in 0..chunks {
-            let at = c * 8;
-            let (v0, v1) = (
-                _mm256_loadu_ps(w0.wrapping_add(at)),
-                _mm256_loadu_ps(w1.wrapping_add(at)),
-            );
-            let r0 = _mm256_loadu_ps(x0.wrapping_add(at));
-            a0 = _mm256_fmadd_ps(r0, v0, a0);
-            b0 = _mm256_fmadd_ps(r0, v1, b0);
-            let r1 = _mm256_loadu_ps(x1.wrapping_add(at));
-            a1 = _mm256_fmadd_ps(r1, v0, a1);
-            b1 = _mm256_fmadd_ps(r1, v1, b1);
-            let r2 = _mm256_loadu_ps(x2.wrapping_add(at));
-            a2 = _mm256_fmadd_ps(r2, v0, a2);
-            b2 = _mm256_fmadd_ps(r2, v1, b2);
-            let r3 = _mm256_loadu_ps(x3.wrapping_add(at));
-            a3 = _mm256_fmadd_ps(r3, v0, a3);
-            b3 = _mm256_fmadd_ps(r3, v1, b3);
+        let mut low = [_mm256_setzero_ps(); R];
+        let mut high = [_mm256_setzero_ps(); R];
+        // Pointers advanced step by step: the loop does no index arithmetic.
+        let mut rows: [*const f32; R] = std::array::from_fn(|r| x.wrapping_add(r * inputs));
+        let mut w = panel;
+        for _ in 0..inputs {
+            let (w_low, w_high) = (_mm256_load_ps(w), _mm256_load_ps(w.wrapping_add(8)));
+            for r in 0..R {
+                let xi = _mm256_broadcast_ss(&*rows[r]);
+                low[r] = _mm256_fmadd_ps(xi, w_low, low[r]);
+                high[r] = _mm256_fmadd_ps(xi, w_high, high[r]);
+                rows[r] = rows[r].wrapping_add(1);
+            }
+            w = w.wrapping_add(PANEL);
         }
-        let tail = |xr: *const f32, wr: *const f32| -> f32 {
-            (chunks * 8..inputs)
-                .map(|i| *xr.wrapping_add(i) * *wr.wrapping_add(i))
-                .sum()
-        };
-        let mut sums = [0.0f32; 8];
-        _mm256_storeu_ps(
-            sums.as_mut_ptr(),
-            sums_of_8([a0, b0, a1, b1, a2, b2, a3, b3]),
-        );
-        for (i, xr) in [x0, x1, x2, x3].into_iter().enumerate() {
-            let at = (row + i) * outputs + output;
-            out[at] = sums[2 * i] + tail(xr, w0);
-            out[at + 1] = sums[2 * i + 1] + tail(xr, w1);
+        for r in 0..R {
+            let row = out.wrapping_add(r * stride);
+            if columns == PANEL {
+                _mm256_storeu_ps(row, low[r]);
+                _mm256_storeu_ps(row.wrapping_add(8), high[r]);
+            } else {
+                let mut sums = [0.0f32; PANEL];
+                _mm256_storeu_ps(sums.as_mut_ptr(), low[r]);
+                _mm256_storeu_ps(sums.as_mut_ptr().wrapping_add(8), high[r]);
+                std::ptr::copy_nonoverlapping(sums.as_ptr(), row, columns);
+            }
         }
     }
 }
@@ -312,11 +435,17 @@ mod tests {
         if !available() {
             return;
         }
-        for (rows, inputs, outputs) in [(1, 8, 1), (5, 13, 3), (9, 64, 7), (4, 128, 2), (17, 24, 5)]
-        {
+        for (rows, inputs, outputs) in [
+            (1, 8, 1),
+            (5, 13, 3),
+            (9, 64, 7),
+            (4, 128, 2),
+            (17, 24, 35),
+            (13, 16, 48),
+        ] {
             let (x, w) = (values(rows * inputs, 1), values(outputs * inputs, 2));
             let mut out = vec![0.0; rows * outputs];
-            matmul_transposed(&x, &w, inputs, &mut out);
+            matmul(&x, &PackedWeights::pack(&w, inputs), &mut out);
             for r in 0..rows {
                 for o in 0..outputs {
                     let expected: f32 = (0..inputs)
@@ -328,6 +457,45 @@ mod tests {
                         "{rows}x{inputs}x{outputs} [{r},{o}]: {got} vs {expected}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn silu_and_softmax_match_libm() {
+        if !available() {
+            return;
+        }
+        // Past ±87 the exponential saturates; silu must stay finite there.
+        let mut gate: Vec<f32> = (0..203).map(|i| (i as f32 - 101.0) * 0.9).collect();
+        let up = values(gate.len(), 6);
+        let expected: Vec<f32> = gate
+            .iter()
+            .zip(&up)
+            .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+            .collect();
+        silu_times(&mut gate, &up);
+        for (i, (got, want)) in gate.iter().zip(&expected).enumerate() {
+            assert!(
+                (got - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "silu [{i}]: {got} vs {want}"
+            );
+        }
+        for len in [1, 7, 8, 29] {
+            let mut scores: Vec<f32> = values(len, 7).iter().map(|v| v * 30.0).collect();
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let exps: Vec<f64> = scores
+                .iter()
+                .map(|s| ((s - max) as f64 * 0.5).exp())
+                .collect();
+            let total: f64 = exps.iter().sum();
+            softmax(&mut scores, 0.5);
+            for (got, e) in scores.iter().zip(&exps) {
+                assert!(
+                    (*got as f64 - e / total).abs() < 1e-6,
+                    "softmax of {len}: {got} vs {}",
+                    e / total
+                );
             }
         }
     }

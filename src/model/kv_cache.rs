@@ -92,11 +92,6 @@ impl KvCache {
         &mut self.layers[layer]
     }
 
-    /// Keys and values buffers of one layer [batch, kv_heads, capacity, head_dim].
-    pub(crate) fn layer_tensors(&self, layer: usize) -> (&Tensor, &Tensor) {
-        (&self.layers[layer].keys, &self.layers[layer].values)
-    }
-
     pub(crate) fn advance(&mut self, positions: i64) {
         self.len += positions;
     }

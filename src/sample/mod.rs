@@ -93,12 +93,13 @@ const MIN_ROWS_PER_THREAD: usize = 8;
 
 /// Generates one completion per prompt.
 ///
-/// The prompts run through libtorch in one batch. For an f32 model on a CPU the decode
-/// steps then run in plain Rust ([`CpuDecoder`]), the batch split into one shard per
-/// libtorch thread, each decoded by its own thread: a decode step is a long chain of
-/// small operations that one thread runs best. Every row draws from its own random
-/// stream (seed, row), so a row's sample does not depend on the shard it lands in.
-/// Other models decode with libtorch's forward and KV cache.
+/// For an f32 model on a CPU, prompts and decode steps run in plain Rust
+/// ([`CpuDecoder`]), the batch split into one shard per libtorch thread, each run by
+/// its own thread from prompt to last token: a decode step is a long chain of small
+/// operations that one thread runs best. Every row draws from its own random stream
+/// (seed, row), so a row's sample does not depend on the shard it lands in. Other
+/// models run the left-padded prompts in one batch and decode with libtorch's forward
+/// and KV cache.
 pub fn generate(
     model: &Transformer,
     prompts: &[Vec<i64>],
@@ -123,72 +124,63 @@ pub fn generate(
         };
         let threads = tch::get_num_threads().max(1) as usize;
         let shards = threads.min(prompts.len() / MIN_ROWS_PER_THREAD).max(1);
-        // When shards follow, everything runs on one libtorch thread per OS thread:
-        // after a parallel kernel, OpenMP's idle workers spin for milliseconds on the
-        // cores the shards need (a fifth of all CPU time in a profile).
-        if shards > 1 {
-            tch::set_num_threads(1);
+        if shards == 1 {
+            return generate_on_cpu(&cpu, prompts, 0, params, decoder);
         }
-        let completions = Prefill::run(model, prompts, params.max_new_tokens)
-            .and_then(|prefill| decode_in_shards(&cpu, prefill, shards, prompts, params, decoder));
-        // Setting a thread's count also sets libtorch's default for new threads.
+        let per_shard = prompts.len().div_ceil(shards);
+        let results: Vec<Result<Vec<Completion>>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..prompts.len())
+                .step_by(per_shard)
+                .map(|first| {
+                    let shard = &prompts[first..(first + per_shard).min(prompts.len())];
+                    let cpu = &cpu;
+                    scope.spawn(move || {
+                        // Top-k / top-p filtering runs through libtorch: one thread each.
+                        tch::set_num_threads(1);
+                        tch::no_grad(|| generate_on_cpu(cpu, shard, first, params, decoder))
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|worker| worker.join().expect("a sampling thread panicked"))
+                .collect()
+        });
+        // A thread's count is also libtorch's default for threads started later.
         tch::set_num_threads(threads as i32);
-        completions
+        let mut completions = Vec::with_capacity(prompts.len());
+        for shard in results {
+            completions.extend(shard?);
+        }
+        Ok(completions)
     })
 }
 
-/// Splits the batch into `shards` and decodes each on its own thread with the CPU
-/// decoder.
-fn decode_in_shards(
+/// Generates the completions of `prompts`, rows `first_row..` of the whole batch, with
+/// the CPU decoder on this thread.
+fn generate_on_cpu(
     cpu: &CpuDecoder,
-    prefill: Prefill,
-    shards: usize,
     prompts: &[Vec<i64>],
+    first_row: usize,
     params: &SamplingParams,
     decoder: Option<Decoder>,
 ) -> Result<Vec<Completion>> {
-    let per_shard = prompts.len().div_ceil(shards);
-    let mut jobs = Vec::with_capacity(shards);
-    for first in (0..prompts.len()).step_by(per_shard) {
-        let rows = first..(first + per_shard).min(prompts.len());
-        let pad: Vec<usize> = prompts[rows.clone()]
-            .iter()
-            .map(|p| prefill.width - p.len())
-            .collect();
-        let logits = prefill.logits.narrow(0, first as i64, rows.len() as i64);
-        let steps = CpuSteps {
-            decoder: cpu,
-            cache: cpu.import_cache(&prefill.cache, rows.clone(), &pad)?,
-            positions: prompts[rows.clone()].iter().map(Vec::len).collect(),
-        };
-        jobs.push((first, rows.len(), Logits::rows_of(&logits)?, steps));
-    }
-    if jobs.len() == 1 {
-        let (first, rows, logits, mut steps) = jobs.pop().expect("one shard");
-        return decode(logits, &mut steps, rows, first, params, decoder);
-    }
-    let results: Vec<Result<Vec<Completion>>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = jobs
-            .into_iter()
-            .map(|(first, rows, logits, mut steps)| {
-                scope.spawn(move || {
-                    // Top-k / top-p filtering runs through libtorch: one thread each.
-                    tch::set_num_threads(1);
-                    tch::no_grad(|| decode(logits, &mut steps, rows, first, params, decoder))
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|worker| worker.join().expect("a sampling thread panicked"))
-            .collect()
-    });
-    let mut completions = Vec::with_capacity(prompts.len());
-    for shard in results {
-        completions.extend(shard?);
-    }
-    Ok(completions)
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut steps = CpuSteps {
+        decoder: cpu,
+        cache: cpu.cache(prompts.len(), longest + params.max_new_tokens),
+    };
+    let logits = steps.prompts(prompts)?;
+    decode(
+        logits,
+        &mut steps,
+        prompts.len(),
+        first_row,
+        params,
+        decoder,
+    )
 }
+
 /// The random stream of prompt `row` under `seed`.
 fn row_rng(seed: u64, row: usize) -> StdRng {
     let mut key = [0u8; 32];

@@ -4,20 +4,12 @@
 use crate::model::cpu_decoder::{CpuCache, CpuDecoder};
 use crate::model::{KvCache, Transformer, position_ids_from_mask};
 use anyhow::Result;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// Next-token logits [rows, vocab]: a tensor, or floats in row-major order.
 pub(super) enum Logits {
     Tensor(Tensor),
     Rows(Vec<f32>),
-}
-
-impl Logits {
-    pub(super) fn rows_of(logits: &Tensor) -> Result<Self> {
-        Ok(Self::Rows(Vec::try_from(
-            logits.to_kind(Kind::Float).reshape(-1),
-        )?))
-    }
 }
 
 /// The prompts after one batched forward: their last logits and the KV cache.
@@ -27,8 +19,6 @@ pub(super) struct Prefill {
     /// Real (1) and padding (0) positions [batch, width].
     key_mask: Tensor,
     positions: Tensor,
-    /// Length of the longest prompt; shorter ones are left-padded to it.
-    pub(super) width: usize,
 }
 
 impl Prefill {
@@ -39,7 +29,7 @@ impl Prefill {
     ) -> Result<Self> {
         let (ids, key_mask) = left_pad(prompts, model.device());
         let positions = position_ids_from_mask(&key_mask);
-        let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let width = ids.size()[1] as usize;
         let mut cache = KvCache::with_capacity(model.config.num_hidden_layers, width + new_tokens);
         let hidden = model.hidden_states(&ids, &positions, &key_mask, Some(&mut cache))?;
         // Only the last position's logits are needed.
@@ -49,7 +39,6 @@ impl Prefill {
             cache,
             key_mask,
             positions,
-            width,
         })
     }
 }
@@ -122,16 +111,39 @@ impl DecodeSteps for LibtorchSteps<'_> {
 pub(super) struct CpuSteps<'d, 'm> {
     pub(super) decoder: &'d CpuDecoder<'m>,
     pub(super) cache: CpuCache,
-    /// Position of each row's next token, by row.
-    pub(super) positions: Vec<usize>,
+}
+
+/// Prompt tokens fed to the CPU decoder at once; longer batches go in groups of rows,
+/// which bounds the activations' memory.
+const PROMPT_TOKENS_PER_FEED: usize = 4096;
+
+impl CpuSteps<'_, '_> {
+    /// Feeds every prompt, prompt i to cache row i; returns their next-token logits.
+    pub(super) fn prompts(&mut self, prompts: &[Vec<i64>]) -> Result<Logits> {
+        let mut logits = Vec::new();
+        let mut first = 0;
+        while first < prompts.len() {
+            let (mut end, mut tokens) = (first, 0);
+            while end < prompts.len()
+                && (end == first || tokens + prompts[end].len() <= PROMPT_TOKENS_PER_FEED)
+            {
+                tokens += prompts[end].len();
+                end += 1;
+            }
+            let rows: Vec<usize> = (first..end).collect();
+            let group: Vec<&[i64]> = prompts[first..end].iter().map(Vec::as_slice).collect();
+            logits.extend(self.decoder.feed(&mut self.cache, &rows, &group)?);
+            first = end;
+        }
+        Ok(Logits::Rows(logits))
+    }
 }
 
 impl DecodeSteps for CpuSteps<'_, '_> {
     fn next(&mut self, active: &[usize], keep: &[usize], tokens: &[i64]) -> Result<Logits> {
         let rows: Vec<usize> = keep.iter().map(|&row| active[row]).collect();
-        let at: Vec<usize> = rows.iter().map(|&row| self.positions[row]).collect();
-        let logits = self.decoder.step(&mut self.cache, &rows, tokens, &at)?;
-        rows.iter().for_each(|&row| self.positions[row] += 1);
+        let tokens: Vec<&[i64]> = tokens.iter().map(std::slice::from_ref).collect();
+        let logits = self.decoder.feed(&mut self.cache, &rows, &tokens)?;
         Ok(Logits::Rows(logits))
     }
 }

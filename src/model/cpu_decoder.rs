@@ -89,7 +89,7 @@ impl<'m> Norm<'m> {
         out.resize(x.len(), 0.0);
         let hidden = self.weight.len();
         for (row, normed) in x.chunks_exact(hidden).zip(out.chunks_exact_mut(hidden)) {
-            let mean_square = row.iter().map(|v| v * v).sum::<f32>() / hidden as f32;
+            let mean_square = cpu_kernels::dot(row, row) / hidden as f32;
             let scale = 1.0 / (mean_square + self.eps).sqrt();
             for ((n, v), w) in normed.iter_mut().zip(row).zip(self.weight) {
                 *n = w * (v * scale);
@@ -304,11 +304,16 @@ impl<'m> CpuDecoder<'m> {
         let heads = x.len() / entries.len() / dim;
         let mut rotated = vec![0.0f32; dim];
         for (row, &Entry { position, .. }) in x.chunks_exact_mut(heads * dim).zip(entries) {
-            let cos = &self.cos[position * dim..][..dim];
-            let sin = &self.sin[position * dim..][..dim];
+            let (cos, sin) = (
+                &self.cos[position * dim..][..dim],
+                &self.sin[position * dim..][..dim],
+            );
             for head in row.chunks_exact_mut(dim) {
-                for i in 0..dim {
-                    rotated[i] = head[i] * cos[i] + head[(i + half) % dim] * sin[i];
+                let (first, second) = head.split_at(half);
+                // Each half turns with the other; `sin` carries the sign.
+                for i in 0..half {
+                    rotated[i] = first[i] * cos[i] + second[i] * sin[i];
+                    rotated[half + i] = second[i] * cos[half + i] + first[i] * sin[half + i];
                 }
                 head.copy_from_slice(&rotated);
             }

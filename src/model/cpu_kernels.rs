@@ -107,7 +107,7 @@ pub(crate) fn matmul(x: &[f32], weight: &PackedWeights, out: &mut [f32]) {
 }
 
 /// Dot product of two equally long slices.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     assert!(available(), "the CPU kernels need AVX2 and FMA");
     #[cfg(target_arch = "x86_64")]
@@ -169,18 +169,24 @@ pub(crate) fn silu_times(gate: &mut [f32], up: &[f32]) {
 
 /// `scores` ← softmax(`scale` · `scores`).
 pub(crate) fn softmax(scores: &mut [f32], scale: f32) {
+    let total = exp_from_max(scores, scale);
+    scores.iter_mut().for_each(|s| *s /= total);
+}
+
+/// `x[i]` ← e^(`scale` · (x[i] − max x)), the unnormalized softmax; returns its sum.
+pub(crate) fn exp_from_max(x: &mut [f32], scale: f32) -> f32 {
     assert!(available(), "the CPU kernels need AVX2 and FMA");
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX2 and FMA are present.
-    let (done, mut total) = unsafe { exp_shifted_avx(scores, scale, scale * max) };
+    let (done, mut total) = unsafe { exp_shifted_avx(x, scale, scale * max) };
     #[cfg(not(target_arch = "x86_64"))]
     let (done, mut total) = (0, 0.0);
-    for s in &mut scores[done..] {
-        *s = (*s * scale - scale * max).exp();
-        total += *s;
+    for v in &mut x[done..] {
+        *v = (*v * scale - scale * max).exp();
+        total += *v;
     }
-    scores.iter_mut().for_each(|s| *s /= total);
+    total
 }
 
 /// The first multiple of 8 of the floats of `silu_times`; returns how many it did.
@@ -295,7 +301,8 @@ unsafe fn dot_avx(a: *const f32, b: *const f32, len: usize) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dots_of_8(query: *const f32, keys: *const f32, dim: usize) -> __m256 {
     unsafe {
-        let key = |j: usize| keys.wrapping_add(j * dim);
+        let key_at: [*const f32; 8] = std::array::from_fn(|j| keys.wrapping_add(j * dim));
+        let key = |j: usize| key_at[j];
         let zero = _mm256_setzero_ps();
         let (mut s0, mut s1, mut s2, mut s3) = (zero, zero, zero, zero);
         let (mut s4, mut s5, mut s6, mut s7) = (zero, zero, zero, zero);
@@ -331,39 +338,68 @@ fn sums_of_8(v: [__m256; 8]) -> __m256 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn weighted_sum_avx(weights: &[f32], values: &[f32], out: &mut [f32]) {
-    unsafe {
-        let dim = out.len();
-        let (v, o) = (values.as_ptr(), out.as_mut_ptr());
-        let chunks = dim / 8;
-        for c in 0..chunks {
-            let at = c * 8;
-            // Four running sums so that consecutive FMAs do not wait on each other.
-            let term = |j: usize, sum: __m256| {
-                let value = _mm256_loadu_ps(v.wrapping_add(j * dim + at));
-                _mm256_fmadd_ps(_mm256_set1_ps(weights[j]), value, sum)
-            };
-            let zero = _mm256_setzero_ps();
-            let (mut s0, mut s1, mut s2, mut s3) = (zero, zero, zero, zero);
-            let mut j = 0;
-            while j + 4 <= weights.len() {
-                s0 = term(j, s0);
-                s1 = term(j + 1, s1);
-                s2 = term(j + 2, s2);
-                s3 = term(j + 3, s3);
-                j += 4;
+    let dim = out.len();
+    let mut at = 0;
+    // Columns in blocks of up to 4 vectors, each summed over all rows of `values`.
+    while at + 8 <= dim {
+        let vectors = ((dim - at) / 8).min(4);
+        // SAFETY: columns `at..at + 8 · vectors` lie inside every row of `values`
+        // (checked by the caller) and inside `out`.
+        unsafe {
+            let (v, o) = (
+                values.as_ptr().wrapping_add(at),
+                out.as_mut_ptr().wrapping_add(at),
+            );
+            match vectors {
+                1 => column_sums::<1>(weights, v, dim, o),
+                2 => column_sums::<2>(weights, v, dim, o),
+                3 => column_sums::<3>(weights, v, dim, o),
+                _ => column_sums::<4>(weights, v, dim, o),
             }
-            for j in j..weights.len() {
-                s0 = term(j, s0);
-            }
-            let total = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
-            _mm256_storeu_ps(o.wrapping_add(at), total);
         }
-        for i in chunks * 8..dim {
-            *o.wrapping_add(i) = weights
-                .iter()
-                .enumerate()
-                .map(|(j, w)| w * *v.wrapping_add(j * dim + i))
-                .sum();
+        at += 8 * vectors;
+    }
+    for (i, o) in out.iter_mut().enumerate().skip(at) {
+        *o = weights
+            .iter()
+            .zip(values.chunks_exact(dim))
+            .map(|(w, row)| w * row[i])
+            .sum();
+    }
+}
+
+/// `out[..8N] = Σ_j weights[j] · values[j · stride..][..8N]`, two rows at a time into
+/// separate sums so that consecutive FMAs do not wait on each other.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn column_sums<const N: usize>(
+    weights: &[f32],
+    values: *const f32,
+    stride: usize,
+    out: *mut f32,
+) {
+    unsafe {
+        let mut even = [_mm256_setzero_ps(); N];
+        let mut odd = [_mm256_setzero_ps(); N];
+        let mut row = values;
+        let mut pairs = weights.chunks_exact(2);
+        for pair in &mut pairs {
+            let (w0, w1) = (_mm256_set1_ps(pair[0]), _mm256_set1_ps(pair[1]));
+            let next = row.wrapping_add(stride);
+            for c in 0..N {
+                even[c] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(row.wrapping_add(8 * c)), even[c]);
+                odd[c] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(next.wrapping_add(8 * c)), odd[c]);
+            }
+            row = next.wrapping_add(stride);
+        }
+        if let &[w] = pairs.remainder() {
+            let w = _mm256_set1_ps(w);
+            for c in 0..N {
+                even[c] = _mm256_fmadd_ps(w, _mm256_loadu_ps(row.wrapping_add(8 * c)), even[c]);
+            }
+        }
+        for c in 0..N {
+            _mm256_storeu_ps(out.wrapping_add(8 * c), _mm256_add_ps(even[c], odd[c]));
         }
     }
 }
@@ -505,7 +541,7 @@ mod tests {
         if !available() {
             return;
         }
-        for (keys, dim) in [(19, 32), (5, 13), (8, 8)] {
+        for (keys, dim) in [(19, 32), (5, 13), (8, 8), (6, 24), (7, 72), (1, 48)] {
             let (query, k) = (values(dim, 3), values(keys * dim, 4));
             let mut scores = vec![0.0; keys];
             dots(&query, &k, &mut scores);

@@ -4,7 +4,7 @@
 pub mod checkpoint;
 pub mod config;
 pub(crate) mod cpu_decoder;
-mod cpu_kernels;
+pub(crate) mod cpu_kernels;
 pub mod kv_cache;
 pub mod transformer;
 

@@ -5,6 +5,7 @@
 
 use super::SamplingParams;
 use super::steps::Logits;
+use crate::model::cpu_kernels;
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
@@ -26,6 +27,7 @@ pub(super) fn pick(
 
 /// [`pick_tokens`] without top-k / top-p, on floats: a decode step of a small model
 /// is short enough that the dozen libtorch kernels of a pick would cost a tenth of it.
+/// Rows come only from the CPU decoder, so the CPU kernels are available.
 fn pick_in_rows(logits: &[f32], params: &SamplingParams, uniforms: &[f64]) -> (Vec<i64>, Vec<f32>) {
     let vocab = logits.len() / uniforms.len();
     let greedy = params.temperature == 0.0;
@@ -40,10 +42,8 @@ fn pick_in_rows(logits: &[f32], params: &SamplingParams, uniforms: &[f64]) -> (V
     for (row, &uniform) in logits.chunks_exact(vocab).zip(uniforms) {
         let largest = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let max = largest / temperature;
-        for (w, &x) in weights.iter_mut().zip(row) {
-            *w = (x / temperature - max).exp();
-        }
-        let total: f32 = weights.iter().sum();
+        weights.copy_from_slice(row);
+        let total = cpu_kernels::exp_from_max(&mut weights, 1.0 / temperature);
         let token = if greedy {
             // The first of equal maxima, as libtorch's argmax.
             row.iter().position(|&x| x == largest).unwrap_or(0)

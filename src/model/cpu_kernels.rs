@@ -394,8 +394,8 @@ unsafe fn column_sums<const N: usize>(
         }
         if let &[w] = pairs.remainder() {
             let w = _mm256_set1_ps(w);
-            for c in 0..N {
-                even[c] = _mm256_fmadd_ps(w, _mm256_loadu_ps(row.wrapping_add(8 * c)), even[c]);
+            for (c, sum) in even.iter_mut().enumerate() {
+                *sum = _mm256_fmadd_ps(w, _mm256_loadu_ps(row.wrapping_add(8 * c)), *sum);
             }
         }
         for c in 0..N {

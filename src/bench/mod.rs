@@ -8,14 +8,16 @@
 
 pub mod rewards;
 pub mod rl;
+mod transformers;
 
 use crate::config::run::Dtype;
 use crate::model::cpu_decoder::CpuDecoder;
 use crate::model::{Model, ModelConfig, position_ids_from_mask};
 use crate::sample::{self, Kernels, SamplingParams};
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
+use transformers::HfGenerate;
 
 pub struct SampleBench {
     pub rows: usize,
@@ -59,9 +61,26 @@ pub fn sample(bench: &SampleBench) -> Result<()> {
         kernels: Kernels::Libtorch,
         ..params.clone()
     };
-    let cached = best_of(bench.repeats, || {
-        sample::generate(&model.transformer, &prompts, &params, None).map(|_| ())
-    })?;
+    // rlvr and transformers take turns, so that both see the same load from the rest of
+    // the machine; the other baselines run in this process, one after the other.
+    let mut transformers = HfGenerate::start(&model, bench);
+    let run_rlvr = || sample::generate(&model.transformer, &prompts, &params, None).map(|_| ());
+    run_rlvr()?; // warm-up
+    let (mut cached, mut hf_seconds) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..bench.repeats.max(1) {
+        let started = Instant::now();
+        run_rlvr()?;
+        cached = cached.min(started.elapsed().as_secs_f64());
+        if let Ok(hf) = &mut transformers {
+            match hf.time_one() {
+                Ok(seconds) => hf_seconds = hf_seconds.min(seconds),
+                Err(error) => transformers = Err(error),
+            }
+        }
+    }
+    if let Ok(hf) = &mut transformers {
+        hf.stop();
+    }
     let libtorch = best_of(bench.repeats, || {
         sample::generate(&model.transformer, &prompts, &libtorch_params, None).map(|_| ())
     })?;
@@ -89,11 +108,11 @@ pub fn sample(bench: &SampleBench) -> Result<()> {
         uncached / cached
     );
 
-    match hf_generate(&model, bench) {
-        Ok(seconds) => println!(
-            "  transformers        {:>9.0} tokens/s  ({seconds:.3} s)   rlvr / transformers ×{:.2}",
-            generated / seconds,
-            seconds / cached
+    match transformers {
+        Ok(_) => println!(
+            "  transformers        {:>9.0} tokens/s  ({hf_seconds:.3} s)   rlvr / transformers ×{:.2}",
+            generated / hf_seconds,
+            hf_seconds / cached
         ),
         Err(reason) => println!("  transformers        skipped: {reason:#}"),
     }
@@ -128,64 +147,6 @@ fn no_cache_generate(model: &Model, prompts: &[Vec<i64>], params: &SamplingParam
         }
         Ok(())
     })
-}
-
-const HF_GENERATE: &str = r#"
-import json, sys, time, torch
-from transformers import AutoModelForCausalLM
-model_dir, rows, prompt_tokens, new_tokens, threads, repeats = sys.argv[1], *map(int, sys.argv[2:])
-torch.set_num_threads(threads)
-torch.manual_seed(0)
-model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-ids = torch.tensor([[(r * 31 + t * 7) % 500 + 3 for t in range(prompt_tokens)] for r in range(rows)])
-def run():
-    with torch.no_grad():
-        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                       max_new_tokens=new_tokens, min_new_tokens=new_tokens, top_k=0,
-                       pad_token_id=0, eos_token_id=None)
-run()
-best = float("inf")
-for _ in range(max(repeats, 1)):
-    start = time.perf_counter(); run(); best = min(best, time.perf_counter() - start)
-print(json.dumps({"seconds": best}))
-"#;
-
-/// Times HF `generate()` on the same weights, through the venv of
-/// `scripts/python-env.sh`.
-fn hf_generate(model: &Model, bench: &SampleBench) -> Result<f64> {
-    let python = crate::cache::cache_dir().join("pyenv/bin/python");
-    if !python.exists() {
-        bail!("no {} (run scripts/python-env.sh)", python.display());
-    }
-    let dir = tempfile_dir()?;
-    model.save(&dir.join("model"), None)?;
-    let output = std::process::Command::new(&python)
-        .arg("-c")
-        .arg(HF_GENERATE)
-        .arg(dir.join("model"))
-        .args(
-            [
-                bench.rows,
-                bench.prompt_tokens,
-                bench.new_tokens,
-                bench.threads,
-                bench.repeats,
-            ]
-            .map(|n| n.to_string()),
-        )
-        .output()
-        .context("cannot run the transformers script")?;
-    let _ = std::fs::remove_dir_all(&dir);
-    if !output.status.success() {
-        bail!(
-            "transformers failed: {}",
-            tail(&String::from_utf8_lossy(&output.stderr))
-        );
-    }
-    let result: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    result["seconds"]
-        .as_f64()
-        .context("transformers script printed no time")
 }
 
 pub(crate) fn tempfile_dir() -> Result<std::path::PathBuf> {

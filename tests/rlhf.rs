@@ -51,6 +51,15 @@ fn a_reward_model_learns_synthetic_preferences_and_scores_a_task() {
     );
     let config = RunConfig::load(&write_config(dir.path(), "rm", &body)).unwrap();
     let rm = train::reward_model::run(&config, StartOptions::default()).unwrap();
+    // The new score head comes from the seed: the same config trains the same weights.
+    let again = body.replace("name: rm\n", "name: rm-again\n");
+    let config_again = RunConfig::load(&write_config(dir.path(), "rm-again", &again)).unwrap();
+    let rm_again = train::reward_model::run(&config_again, StartOptions::default()).unwrap();
+    let weights = |dir: &std::path::Path| std::fs::read(dir.join("model.safetensors")).unwrap();
+    assert!(
+        weights(&rm) == weights(&rm_again),
+        "two runs of one config differ"
+    );
     let rows = metrics(&config.run_dir());
     let eval = rows.last().unwrap()["eval_accuracy"].as_f64().unwrap();
     let evals: Vec<f64> = rows

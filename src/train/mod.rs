@@ -65,6 +65,9 @@ pub fn tch_device(device: Device) -> Result<tch::Device> {
 pub fn initial_model(config: &RunConfig) -> Result<(Model, PathBuf)> {
     let device = tch_device(config.device)?;
     let section = &config.model;
+    // New weights (a new model, or heads added later: PPO's value head) come from the
+    // run's seed, so that a run repeats exactly.
+    tch::manual_seed(config.seed as i64);
     if let Some(path) = &section.path {
         let model = Model::load(path, device, section.dtype)?;
         let tokenizer = section
@@ -92,7 +95,6 @@ pub fn initial_model(config: &RunConfig) -> Result<(Model, PathBuf)> {
         init.num_hidden_layers,
         init.num_attention_heads,
     );
-    tch::manual_seed(config.seed as i64);
     let model = Model::random(&model_config, device, section.dtype)?;
     Ok((model, tokenizer_path))
 }

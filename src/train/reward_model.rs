@@ -170,6 +170,8 @@ pub fn run(config: &RunConfig, options: super::StartOptions) -> Result<PathBuf> 
         .path
         .clone()
         .context("train-rm starts from a model folder (model.path)")?;
+    // The new score head comes from the run's seed, so that a run repeats exactly.
+    tch::manual_seed(config.seed as i64);
     let model = Model::reward_model_from(&path, device, config.model.dtype)?;
     let tokenizer_path = config
         .model

@@ -222,9 +222,9 @@ fn the_cpu_decoder_matches_libtorch_steps() {
 }
 
 #[test]
-fn long_prompts_fed_in_groups_match_libtorch_steps() {
-    // 3 × 1500 prompt tokens exceed what the CPU decoder feeds at once (4096): the
-    // prompts go in two groups.
+fn long_prompts_fed_in_pieces_match_libtorch_steps() {
+    // 1000 + 1000 + 2500 prompt tokens exceed what the CPU decoder feeds at once
+    // (4096): the third prompt goes in pieces over two feeds.
     tch::manual_seed(6);
     let model = Model::random(
         &ModelConfig::tiny_qwen2(48, 32, 2, 4),
@@ -232,9 +232,11 @@ fn long_prompts_fed_in_groups_match_libtorch_steps() {
         Dtype::F32,
     )
     .unwrap();
-    let prompts: Vec<Vec<i64>> = (0..3)
-        .map(|row| {
-            (0..1500)
+    let prompts: Vec<Vec<i64>> = [1000, 1000, 2500]
+        .into_iter()
+        .enumerate()
+        .map(|(row, len)| {
+            (0..len)
                 .map(|t| ((row * 7 + t * 3) % 45 + 1) as i64)
                 .collect()
         })

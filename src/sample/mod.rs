@@ -31,11 +31,11 @@ pub struct SamplingParams {
     pub kernels: Kernels,
 }
 
-/// What runs the decode steps after the prompt.
+/// What runs the forward passes of sampling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kernels {
-    /// Plain-Rust steps for f32 models on a CPU (several times faster there), libtorch
-    /// otherwise.
+    /// Plain Rust for f32 models on a CPU with AVX2/FMA (several times faster there),
+    /// libtorch otherwise.
     #[default]
     Auto,
     /// Always libtorch's forward.

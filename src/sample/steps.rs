@@ -113,27 +113,36 @@ pub(super) struct CpuSteps<'d, 'm> {
     pub(super) cache: CpuCache,
 }
 
-/// Prompt tokens fed to the CPU decoder at once; longer batches go in groups of rows,
-/// which bounds the activations' memory.
+/// Prompt tokens fed to the CPU decoder at once, which bounds the activations' memory;
+/// longer batches go in pieces (a row continues where its last piece ended).
 const PROMPT_TOKENS_PER_FEED: usize = 4096;
 
 impl CpuSteps<'_, '_> {
     /// Feeds every prompt, prompt i to cache row i; returns their next-token logits.
     pub(super) fn prompts(&mut self, prompts: &[Vec<i64>]) -> Result<Logits> {
         let mut logits = Vec::new();
-        let mut first = 0;
-        while first < prompts.len() {
-            let (mut end, mut tokens) = (first, 0);
-            while end < prompts.len()
-                && (end == first || tokens + prompts[end].len() <= PROMPT_TOKENS_PER_FEED)
-            {
-                tokens += prompts[end].len();
-                end += 1;
+        // The pieces of the next feed: row, tokens, and whether they end the prompt.
+        let mut feed: Vec<(usize, &[i64], bool)> = Vec::new();
+        let mut room = PROMPT_TOKENS_PER_FEED;
+        for (row, prompt) in prompts.iter().enumerate() {
+            let mut rest = prompt.as_slice();
+            while !rest.is_empty() {
+                let (piece, after) = rest.split_at(rest.len().min(room));
+                feed.push((row, piece, after.is_empty()));
+                (rest, room) = (after, room - piece.len());
+                if room == 0 || (rest.is_empty() && row + 1 == prompts.len()) {
+                    let rows: Vec<usize> = feed.iter().map(|piece| piece.0).collect();
+                    let tokens: Vec<&[i64]> = feed.iter().map(|piece| piece.1).collect();
+                    let out = self.decoder.feed(&mut self.cache, &rows, &tokens)?;
+                    let vocab = out.len() / rows.len();
+                    for (piece, row_logits) in feed.iter().zip(out.chunks_exact(vocab)) {
+                        if piece.2 {
+                            logits.extend_from_slice(row_logits);
+                        }
+                    }
+                    (feed, room) = (Vec::new(), PROMPT_TOKENS_PER_FEED);
+                }
             }
-            let rows: Vec<usize> = (first..end).collect();
-            let group: Vec<&[i64]> = prompts[first..end].iter().map(Vec::as_slice).collect();
-            logits.extend(self.decoder.feed(&mut self.cache, &rows, &group)?);
-            first = end;
         }
         Ok(Logits::Rows(logits))
     }

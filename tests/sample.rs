@@ -201,23 +201,8 @@ fn the_cpu_decoder_matches_libtorch_steps() {
             .for_each(|&t| counts[t as usize] += 1);
         let most = (0..48).max_by_key(|&t| counts[t]).unwrap();
         params.stop_token_ids = vec![most as i64];
-        let libtorch = SamplingParams {
-            kernels: Kernels::Libtorch,
-            ..params.clone()
-        };
-        let fast = generate(&model.transformer, &prompts, &params, None).unwrap();
-        let reference = generate(&model.transformer, &prompts, &libtorch, None).unwrap();
+        let fast = same_as_libtorch(&model, &prompts, &params);
         assert!(fast.iter().any(|c| c.finish_reason == FinishReason::Stop));
-        for (row, (a, b)) in fast.iter().zip(&reference).enumerate() {
-            assert_eq!(
-                a.token_ids, b.token_ids,
-                "row {row} at temperature {temperature}"
-            );
-            assert_eq!(a.finish_reason, b.finish_reason);
-            for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
-                assert!((x - y).abs() < 1e-4, "row {row}: log-prob {x} vs {y}");
-            }
-        }
     }
 }
 
@@ -241,21 +226,63 @@ fn long_prompts_fed_in_pieces_match_libtorch_steps() {
                 .collect()
         })
         .collect();
-    let params = SamplingParams {
-        max_new_tokens: 4,
-        temperature: 0.0,
-        ..SamplingParams::default()
-    };
+    same_as_libtorch(&model, &prompts, &greedy(4));
+}
+
+#[test]
+fn the_cpu_decoder_matches_libtorch_steps_at_real_model_shapes() {
+    // Head sizes of real models (64; 68 is not a multiple of 8), one KV head for
+    // several query heads, and layer and vocabulary sizes that do not fill the
+    // kernels' 16-output panels.
+    for (heads, kv_heads, head_dim) in [(4, 1, 64), (2, 1, 68)] {
+        tch::manual_seed(7);
+        let mut config = ModelConfig::tiny_qwen2(50, heads * head_dim, 2, heads);
+        config.num_key_value_heads = Some(kv_heads);
+        config.intermediate_size = 100;
+        config.tie_word_embeddings = false;
+        let model = Model::random(&config, Device::Cpu, Dtype::F32).unwrap();
+        let prompts: Vec<Vec<i64>> = (0..17)
+            .map(|row| {
+                (0..3 + row % 5)
+                    .map(|t| ((row * 3 + t * 7) % 49 + 1) as i64)
+                    .collect()
+            })
+            .collect();
+        for temperature in [0.0, 0.9] {
+            let params = SamplingParams {
+                max_new_tokens: 9,
+                temperature,
+                seed: 2,
+                ..SamplingParams::default()
+            };
+            same_as_libtorch(&model, &prompts, &params);
+        }
+    }
+}
+
+/// Samples with the default kernels (the CPU decoder on this machine) and with
+/// libtorch's steps; asserts the same tokens, finish reasons and log-probs to 1e-4.
+fn same_as_libtorch(
+    model: &Model,
+    prompts: &[Vec<i64>],
+    params: &SamplingParams,
+) -> Vec<rlvr::sample::Completion> {
     let libtorch = SamplingParams {
         kernels: Kernels::Libtorch,
         ..params.clone()
     };
-    let fast = generate(&model.transformer, &prompts, &params, None).unwrap();
-    let reference = generate(&model.transformer, &prompts, &libtorch, None).unwrap();
+    let fast = generate(&model.transformer, prompts, params, None).unwrap();
+    let reference = generate(&model.transformer, prompts, &libtorch, None).unwrap();
+    let temperature = params.temperature;
     for (row, (a, b)) in fast.iter().zip(&reference).enumerate() {
-        assert_eq!(a.token_ids, b.token_ids, "row {row}");
+        assert_eq!(
+            a.token_ids, b.token_ids,
+            "row {row} at temperature {temperature}"
+        );
+        assert_eq!(a.finish_reason, b.finish_reason);
         for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
             assert!((x - y).abs() < 1e-4, "row {row}: log-prob {x} vs {y}");
         }
     }
+    fast
 }

@@ -233,7 +233,9 @@ impl<'m> CpuDecoder<'m> {
 
     /// Feeds `tokens[i]`, one or more, to cache row `rows[i]` after what the row holds,
     /// and returns the next-token logits after each row's last token [rows, vocab]. A
-    /// prompt is one call with all its tokens; a decode step, one token per row.
+    /// prompt is one call with all its tokens (or several, in pieces); a decode step,
+    /// one token per row. `rows` are distinct: a row's positions count from what it
+    /// held before the call.
     pub(crate) fn feed(
         &self,
         cache: &mut CpuCache,

@@ -21,6 +21,13 @@ fn extraction_rules_in_priority_order() {
         ("Answer: 7.\nThat is all.", "7", AnswerPhrase),
         ("The final answer is **12**", "12", AnswerPhrase),
         ("The answer is:\n\n42", "42", AnswerPhrase),
+        ("#### 3. Add them up\nThe answer is 42.", "42", AnswerPhrase),
+        ("The answer is 42, since 6 · 7 = 42.", "42", AnswerPhrase),
+        (
+            "The answer is approximately 0.5 (rounded).",
+            "0.5",
+            AnswerPhrase,
+        ),
         ("We get 3.5 apples.", "3.5", LastNumber),
         ("Total: $1,234.", "1,234", LastNumber),
         ("x-5 = 3 so -2", "-2", LastNumber),

@@ -8,9 +8,9 @@
 //! (`x = 5` equals `5`), percentages, or expressions: constants by value, expressions
 //! with variables by evaluating both at fixed pseudo-random points.
 //!
-//! Numbers: two exact integers must be equal; otherwise relative `tolerance`
-//! (0.999999 equals 1 at the default 1e-6, and so would 1234567.4 vs 1234567: the
-//! tolerance is relative, so it is loose for large non-integers). An absolute 1e-9
+//! Numbers: two exact integers must be equal, and an exact non-integer (0.999999,
+//! 1000000.5) never equals a non-zero integer; otherwise relative `tolerance` (0.3333333
+//! equals 1/3 at the default 1e-6; it is loose for large non-integers). An absolute 1e-9
 //! applies only when one side is exactly 0, so that tiny answers (6.6e-34) are not
 //! all equal to each other. Percent: `50%` equals `50` (the sign is dropped) and
 //! `0.5` (value/100); `50` does not equal `0.5`.
@@ -18,7 +18,7 @@
 use super::MathOptions;
 use super::expr::{Parsed, parse};
 use super::normalize::{normalize, squash, strip_units};
-use super::value::Val;
+use super::value::{Ratio, Val};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Longer inputs are only compared verbatim (cost bound).
@@ -297,11 +297,17 @@ impl Cmp<'_> {
     }
 
     fn numbers(&self, a: Val, b: Val, infinity_meant: bool) -> bool {
-        if let (Some(x), Some(y)) = (a.q, b.q)
-            && x.is_integer()
-            && y.is_integer()
-        {
-            return x == y;
+        if let (Some(x), Some(y)) = (a.q, b.q) {
+            if x.is_integer() && y.is_integer() {
+                return x == y;
+            }
+            // An exact non-integer never equals a non-zero integer: with the relative
+            // tolerance, 1000000.5 would be paid as both 1000000 and 1000001. (Zero
+            // keeps the absolute tolerance below.)
+            let zero = Ratio::int(0);
+            if x.is_integer() != y.is_integer() && x != zero && y != zero {
+                return false;
+            }
         }
         if !a.f.is_finite() || !b.f.is_finite() {
             // Overflow (10^{400}) is not a value; only a written `\infty` is.
@@ -317,7 +323,7 @@ impl Cmp<'_> {
     fn close_within(&self, a: f64, b: f64, tolerance: f64) -> bool {
         let diff = (a - b).abs();
         let scale = a.abs().max(b.abs());
-        // The slack absorbs the rounding in "0.999999 vs 1 at 1e-6".
+        // The slack absorbs the rounding of a difference right at the tolerance.
         diff <= tolerance * scale * (1.0 + 1e-9)
             || ((a == 0.0 || b == 0.0) && diff <= ABS_TOLERANCE)
     }

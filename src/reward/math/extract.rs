@@ -101,23 +101,36 @@ fn boxed_contents(text: &str) -> Vec<&str> {
 }
 
 /// `#### 42`: the rest of the last such line that starts like an answer. Lines
-/// that start with a word are markdown headings (`#### Step 1`), not answers.
+/// that start with a word or a step number are markdown headings (`#### Step 1`,
+/// `#### 3. Add them up`), not answers.
 fn hashes_answer(text: &str) -> Option<&str> {
     let mut end = text.len();
     while let Some(i) = text[..end].rfind("####") {
         // Skip the whole run of `#` so a long run is not rescanned per position.
         end = text[..i].trim_end_matches('#').len();
         let rest = text[i..].trim_start_matches('#');
-        let line = rest.split('\n').next().unwrap_or("").trim();
+        let line = rest.split('\n').next().unwrap_or("");
+        let line = line.trim().trim_matches('*').trim();
         let answer_like = line
             .chars()
             .next()
             .is_some_and(|c| c.is_ascii_digit() || "-+−.$\\(".contains(c));
-        if answer_like {
+        if answer_like && !numbered_heading(line) {
             return Some(line.trim_end_matches('.').trim());
         }
     }
     None
+}
+
+/// `3. Add them up`, `2) Compute`: a step number, then words.
+fn numbered_heading(line: &str) -> bool {
+    let digits = line.bytes().take_while(u8::is_ascii_digit).count();
+    let after = &line[digits..];
+    digits > 0
+        && (after.starts_with(". ") || after.starts_with(") "))
+        && after[2..]
+            .trim_start()
+            .starts_with(|c: char| c.is_alphabetic())
 }
 
 /// The last complete `<answer>…</answer>`; a phrase inside it ("The answer is 5")
@@ -178,22 +191,131 @@ fn after_answer_marker(lower: &str, mut j: usize) -> Option<usize> {
 }
 
 /// The value after an answer phrase: a `$…$` / `\(…\)` span when it starts with
-/// one, else the rest of the sentence.
+/// one, else the rest of the sentence up to a following clause ("42, since …",
+/// "42 because …"), without filler words before it ("is simply 42") or a
+/// parenthetical note after it ("18 (dollars)").
 fn phrase_value(s: &str) -> Option<String> {
+    let s = without_filler_words(s);
     let delimited = [("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")]
         .iter()
         .find_map(|(open, close)| {
             let rest = s.strip_prefix(open)?;
-            rest.find(close).map(|end| &rest[..end])
+            // An escaped `\$` inside (`$\$18$`) does not close the span.
+            let end = rest
+                .match_indices(close)
+                .find(|&(at, _)| !rest[..at].ends_with('\\'))?
+                .0;
+            Some(&rest[..end])
         });
-    let value = delimited.unwrap_or_else(|| sentence(s));
+    let value = delimited.unwrap_or_else(|| main_clause(sentence(s)));
     let value = value
         .trim()
         .trim_matches('*')
         .trim()
-        .trim_end_matches('.')
+        .trim_end_matches(['.', '!'])
         .trim();
+    let value = without_note(value);
     (!value.is_empty()).then(|| value.to_string())
+}
+
+/// Words that may stand between "the answer is" and the answer.
+const FILLER_WORDS: &[&str] = &[
+    "therefore",
+    "thus",
+    "hence",
+    "so",
+    "simply",
+    "just",
+    "then",
+    "clearly",
+    "indeed",
+    "exactly",
+    "precisely",
+    "actually",
+    "about",
+    "approximately",
+    "roughly",
+    "around",
+];
+
+fn without_filler_words(mut s: &str) -> &str {
+    loop {
+        let word_len = s.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let word = s[..word_len].to_ascii_lowercase();
+        let rest = &s[word_len..];
+        if word_len == 0 || !FILLER_WORDS.contains(&word.as_str()) {
+            return s;
+        }
+        let Some(rest) = rest.strip_prefix([' ', ':', ',']) else {
+            return s;
+        };
+        s = rest.trim_start_matches([' ', ':']);
+    }
+}
+
+/// Words that start a new clause after an answer ("42 because …", "42, which …").
+/// `or` is not one: "5 or 6" is a list, which never equals one value.
+const CLAUSE_WORDS: &[&str] = &[
+    "since",
+    "because",
+    "which",
+    "as",
+    "so",
+    "but",
+    "and",
+    "that",
+    "hence",
+    "thus",
+    "therefore",
+    "when",
+    "where",
+    "while",
+    "if",
+    "i",
+    "we",
+    "he",
+    "she",
+    "it",
+    "they",
+    "you",
+    "this",
+    "these",
+    "there",
+    "yes",
+];
+
+/// `s` up to the first `, ` / `; ` / ` ` before a clause word; `and` counts only
+/// before a word ("42 and she …"), not before a value ("5 and 6" stays a list).
+fn main_clause(s: &str) -> &str {
+    let lower = s.to_ascii_lowercase();
+    for (at, _) in lower.match_indices(' ') {
+        let word_start = at + 1;
+        let word_len = lower[word_start..]
+            .bytes()
+            .take_while(u8::is_ascii_alphabetic)
+            .count();
+        let word = &lower[word_start..word_start + word_len];
+        let next = lower[word_start + word_len..].trim_start();
+        let ends_word = !lower[word_start + word_len..].starts_with(|c: char| c.is_alphanumeric());
+        let clause = CLAUSE_WORDS.contains(&word)
+            && ends_word
+            && (word != "and" || next.starts_with(|c: char| c.is_ascii_alphabetic()));
+        if clause {
+            return s[..at].trim_end().trim_end_matches([',', ';']);
+        }
+    }
+    s
+}
+
+/// `18 (dollars)` → `18`: a closing parenthetical without digits is a note.
+fn without_note(value: &str) -> &str {
+    if let Some(open) = value.rfind(" (")
+        && value.ends_with(')')
+        && !value[open..].contains(|c: char| c.is_ascii_digit())
+    {
+        return value[..open].trim_end();
+    }
+    value
 }
 
 /// Up to the end of the line or the first ". " (a decimal point has no space after it).

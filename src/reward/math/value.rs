@@ -24,7 +24,7 @@ impl Ratio {
         Some(Self { n: n / g, d: d / g })
     }
 
-    fn int(n: i128) -> Self {
+    pub(super) fn int(n: i128) -> Self {
         Self { n, d: 1 }
     }
 

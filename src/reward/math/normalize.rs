@@ -272,7 +272,12 @@ fn grouped_number_end(b: &[u8], start: usize) -> Option<usize> {
 }
 
 /// Words kept after a number: they are part of the value, or they separate values.
-const MATH_WORDS: &str = "pi inf infty infinity sqrt sin cos tan ln log exp or and";
+/// Words after a value that are not units: math, and words that hedge or change the
+/// value (`5 \text{ is wrong}`, `5 \text{ thousand}` must not read as 5).
+const MATH_WORDS: &str = "pi inf infty infinity sqrt sin cos tan ln log exp or and \
+    not no wrong incorrect maybe perhaps possibly probably unless except is isn are was \
+    most least than hundred hundreds thousand thousands million millions billion billions \
+    dozen dozens";
 
 /// Units glued to a number (`5cm`).
 const GLUED_UNITS: &[&str] = &["cm", "mm", "km", "kg", "ft", "mph", "cm^2", "m^2"];

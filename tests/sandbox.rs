@@ -270,6 +270,17 @@ fn red_team_attacks_do_not_pay() {
             "import random\nrandom.Random.randint = lambda self, a, b: 1\ndef add(a, b):\n    return 0\n",
             "modified",
         ),
+        // Make json.dumps, through the encoder object it shares, print a full score.
+        (
+            "import json\n_e = json.JSONEncoder()\ndef _it(o, _one_shot=False):\n    if type(o) is dict and 'total' in o:\n        return [_e.encode({'passed': o['total'], 'total': o['total'], 'error': ''})]\n    return _e.iterencode(o, _one_shot)\njson._default_encoder.iterencode = _it\ndef add(a, b):\n    return 0\n",
+            "AssertionError",
+        ),
+        // Patch a builtin during the call so that it undoes itself when the test
+        // calls it, before the harness looks.
+        (
+            "import builtins\n_real = builtins.abs\ndef _fake(*a, **k):\n    builtins.abs = _real\n    return 0\ndef add(a, b):\n    builtins.abs = _fake\n    return 0\n",
+            "AssertionError",
+        ),
     ];
     for (code, reason) in attacks {
         let tests = vec![
@@ -291,5 +302,78 @@ fn red_team_attacks_do_not_pay() {
             "{code}\nreason {:?} lacks {reason:?}",
             result.reason
         );
+    }
+}
+
+/// The same kind of attacks under MicroPython, which has no audit hooks, no `vars()`
+/// and no `os._exit`.
+#[test]
+fn micropython_red_team_attacks_do_not_pay() {
+    let sandbox = Sandbox::shared(Runtime::MicroPython).expect("MicroPython module");
+    let attacks: &[(&str, &str)] = &[
+        // Read the nonce from the interpreter's memory and print a full score from an
+        // exit handler, after the harness's own line.
+        (
+            "import sys, uctypes\n\
+             def _scan():\n    p = ('__rlvr' + '_result_').encode()\n    mem = bytes(uctypes.bytearray_at(0, 1 << 20))\n    i = mem.find(p)\n    while i >= 0:\n        tok = mem[i:i + len(p) + 32]\n        if all(c in b'0123456789abcdef' for c in tok[len(p):]):\n            return tok.decode()\n        i = mem.find(p, i + 1)\n\
+             _nonce = _scan()\n\
+             sys.atexit(lambda: sys.stdout.write('\\n' + _nonce + ' {\"passed\": 2, \"total\": 2, \"error\": \"\"}\\n'))\n\
+             def add(a, b):\n    return 0\n",
+            "AssertionError",
+        ),
+        // A builtin patched during the call that undoes itself when the test calls it.
+        (
+            "import builtins\n_real = builtins.max\ndef _fake(*a, **k):\n    builtins.max = _real\n    return 0\ndef add(a, b):\n    builtins.max = _fake\n    return 0\n",
+            "AssertionError",
+        ),
+        // A lasting patch of a builtin (MicroPython has no vars() to notice it with).
+        (
+            "import builtins\nbuiltins.max = lambda *a: 0\ndef add(a, b):\n    return 0\n",
+            "AssertionError",
+        ),
+    ];
+    let tests = vec![
+        "assert add(2, 3) == max(5, 1)".to_string(),
+        "assert add(-1, 1) == max(0, -3)".to_string(),
+    ];
+    for (code, reason) in attacks {
+        let result = grade(
+            &sandbox,
+            code,
+            &tests,
+            context(),
+            CodeScoring::AllPass,
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(result.score, 0.0, "{code}\n{result:?}");
+        assert!(
+            result.reason.contains(reason),
+            "{code}\nreason {:?} lacks {reason:?}",
+            result.reason
+        );
+    }
+    // An exit handler no longer hides the result of an honest solution.
+    let honest = "import sys\nsys.atexit(lambda: print('bye'))\ndef add(a, b):\n    return a + b\n";
+    let result = grade(
+        &sandbox,
+        honest,
+        &tests,
+        context(),
+        CodeScoring::AllPass,
+        &Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(result.score, 1.0, "{result:?}");
+}
+
+/// Programs read frozen clocks, so a verdict cannot depend on when or where it ran.
+#[test]
+fn clocks_are_frozen() {
+    let code = "import time\nt0 = time.time()\nfor _ in range(100000):\n    pass\ndef add(a, b):\n    return a + b if int(t0) == 946684800 and time.time() == t0 else 0\n";
+    for runtime in [Runtime::CPython, Runtime::MicroPython] {
+        let sandbox = Sandbox::shared(runtime).expect("sandbox module");
+        let result = grade_add(&sandbox, code);
+        assert_eq!(result.score, 1.0, "{runtime:?}: {result:?}");
     }
 }

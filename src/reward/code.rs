@@ -125,6 +125,12 @@ fn judge(execution: &Execution, nonce: &str, total: usize, scoring: CodeScoring)
     ) {
         return grade(0.0, execution.verdict, 0, execution.reason.clone());
     }
+    // The harness always ends with exit 0 after its report; any other ending means
+    // something cut it short, and a result line before that could be forged.
+    if execution.verdict != Verdict::Pass {
+        let why = format!("the harness did not finish ({})", execution.reason);
+        return grade(0.0, execution.verdict, 0, why);
+    }
     // Only the final line counts, and only with the nonce the code never saw.
     let last = execution
         .stdout

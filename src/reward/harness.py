@@ -6,23 +6,28 @@
 # submission must never reach. A policy trained against this grader will look for any
 # way to be paid without solving the task; the defences (each has a test in
 # tests/sandbox.rs):
-# - everything the harness relies on (json.dumps, the real exit, type, len, ...) is
-#   captured before untrusted code runs, so patching those later changes nothing;
+# - everything the harness relies on (the real exit, stdout's write, type, len, ...)
+#   is captured before untrusted code runs, so patching those later changes nothing,
+#   and the result line is formatted by hand, not by the json module;
 # - an audit hook (CPython) forbids frame and object-graph introspection (tracebacks'
 #   frames, sys._getframe, gc.get_objects, settrace/setprofile), so the nonce, the
 #   test list and the report function stay out of reach;
 # - exits (sys.exit, os._exit, SystemExit) raise while untrusted code runs, and the
-#   harness ends the process itself right after its report, so no atexit handler or
-#   finalizer can print a line after it;
-# - each test runs in a fresh namespace holding only builtins, the task's trusted
-#   setup code and the entry point, so the submission cannot shadow helpers or
-#   builtins the tests call;
+#   harness ends the process itself right after its report (MicroPython, which cannot,
+#   has its exit handler dropped first), so nothing prints a line after it; the host
+#   reads only the last line, and only from a process that exited normally;
+# - each test runs in a fresh namespace holding the original builtins (bound as
+#   globals, so even a patch that undoes itself cannot reach the test), the task's
+#   trusted setup code and the entry point;
 # - the standard library's modules and builtins are snapshotted (by identity) and any
 #   change after the submission or a test fails the job;
 # - the entry point's results must be plain builtin values (checked by type
 #   identity), so an object whose __eq__ always says yes does not pass.
-# Known limit: classes are guarded only in the commonly used modules listed below.
-# Written for CPython 3.12 and MicroPython (which has no audit hooks or frames).
+# Known limits: classes are guarded only in the commonly used modules listed below.
+# MicroPython has no audit hooks or frames, and its uctypes module reads and writes
+# the interpreter's memory, so a determined submission can read the job (tests,
+# nonce) there: grade untrusted policies with CPython where that matters.
+# Written for CPython 3.12 and MicroPython.
 import sys
 import json
 
@@ -37,8 +42,8 @@ def _rlvr_main():
     del job
     write = sys.stdout.write
     flush = getattr(sys.stdout, "flush", None) or (lambda: None)
-    dumps = json.dumps
-    _type, _len, _all, _any, _str, _callable, _exec = type, len, all, any, str, callable, exec
+    at_exit = getattr(sys, "atexit", None)
+    _type, _len, _all, _any, _str, _callable, _exec, _ord = type, len, all, any, str, callable, exec, ord
     _BaseException = BaseException
     try:
         import os
@@ -46,12 +51,33 @@ def _rlvr_main():
     except Exception:
         real_exit = None
 
+    def json_string(text):
+        # By hand: json.dumps goes through module state (json._default_encoder) that
+        # the submission can change. Builtin str and int methods cannot be patched.
+        out = '"'
+        for ch in text:
+            if ch == '"' or ch == "\\":
+                out += "\\" + ch
+            elif 32 <= _ord(ch) < 127:
+                out += ch
+            else:
+                out += "?"
+        return out + '"'
+
     def report(passed, total, error):
+        if at_exit is not None:
+            # MicroPython has no os._exit: drop any exit handler the submission
+            # registered, so that nothing prints after this line.
+            try:
+                at_exit(None)
+            except _BaseException:
+                pass
         try:
             flush()
         except _BaseException:
             pass  # MicroPython's stdout may refuse flush; the write below still lands
-        write("\n" + nonce + " " + dumps({"passed": passed, "total": total, "error": error}) + "\n")
+        result = '{"passed": ' + _str(passed) + ', "total": ' + _str(total) + ', "error": ' + json_string(error) + "}"
+        write("\n" + nonce + " " + result + "\n")
         try:
             flush()
         except _BaseException:
@@ -117,6 +143,8 @@ def _rlvr_main():
 
     snapshot = {name: contents(module) for name, module in modules.items() if name != "__main__"}
     snapshot["builtins"] = contents(builtins)
+    # MicroPython has no vars(); its builtins can still be listed.
+    original_builtins = snapshot["builtins"] or {name: getattr(builtins, name) for name in dir(builtins)}
     classes = []
     for name in common:
         for value in contents(modules.get(name)).values() if name in modules else ():
@@ -179,7 +207,15 @@ def _rlvr_main():
     for test in tests:
         # Without an entry point the tests need the submission's names; with one they
         # get only the trusted setup and the guarded function.
-        scope = {"__name__": "__main__", "__builtins__": builtins} if entry_point else namespace
+        # The tests' names of builtins are bound to the originals, as globals (and as a
+        # private __builtins__ for CPython), so a patch of the builtins module that
+        # undoes itself before the check above cannot reach them.
+        if entry_point:
+            scope = {name: value for name, value in original_builtins.items() if not name.startswith("__")}
+            scope["__name__"] = "__main__"
+            scope["__builtins__"] = dict(original_builtins)
+        else:
+            scope = namespace
         try:
             if entry_point:
                 _exec(setup, scope)

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use wasmtime::{Config, Engine, InstancePre, Linker, Module, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
-use wasmtime_wasi::{Deterministic, I32Exit};
+use wasmtime_wasi::{Deterministic, HostMonotonicClock, HostWallClock, I32Exit};
 
 /// Which Python runs the code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -164,6 +164,30 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
+/// Clocks that never move (2000-01-01 on the wall): what a program reads from them
+/// cannot depend on the machine or the moment, so a completion's verdict cannot either.
+struct FrozenClock;
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    fn now(&self) -> Duration {
+        Duration::from_secs(946_684_800)
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
 /// Epochs advance every `EPOCH_TICK`; the wall-clock deadline is counted in ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -257,6 +281,8 @@ impl Sandbox {
             .secure_random(Deterministic::new(fixed_random_bytes().to_vec()))
             .insecure_random(Deterministic::new(fixed_random_bytes().to_vec()))
             .insecure_random_seed(0)
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
             .stdin(MemoryInputPipe::new(stdin.to_vec()))
             .stdout(stdout.clone())
             .stderr(stderr.clone())

@@ -282,27 +282,11 @@ fn red_team_attacks_do_not_pay() {
             "AssertionError",
         ),
     ];
-    for (code, reason) in attacks {
-        let tests = vec![
-            "assert abs(add(2, 3) - 5) < 1e-9".to_string(),
-            "import math\nassert math.fabs(add(-1, 1)) < 1e-9".to_string(),
-        ];
-        let result = grade(
-            &cpython(),
-            code,
-            &tests,
-            context(),
-            CodeScoring::AllPass,
-            &Limits::default(),
-        )
-        .unwrap();
-        assert_eq!(result.score, 0.0, "{code}\n{result:?}");
-        assert!(
-            result.reason.contains(reason),
-            "{code}\nreason {:?} lacks {reason:?}",
-            result.reason
-        );
-    }
+    let tests = [
+        "assert abs(add(2, 3) - 5) < 1e-9",
+        "import math\nassert math.fabs(add(-1, 1)) < 1e-9",
+    ];
+    assert_attacks_do_not_pay(&cpython(), attacks, &tests);
 }
 
 /// The same kind of attacks under MicroPython, which has no audit hooks, no `vars()`
@@ -332,29 +316,14 @@ fn micropython_red_team_attacks_do_not_pay() {
             "AssertionError",
         ),
     ];
-    let tests = vec![
-        "assert add(2, 3) == max(5, 1)".to_string(),
-        "assert add(-1, 1) == max(0, -3)".to_string(),
+    let tests = [
+        "assert add(2, 3) == max(5, 1)",
+        "assert add(-1, 1) == max(0, -3)",
     ];
-    for (code, reason) in attacks {
-        let result = grade(
-            &sandbox,
-            code,
-            &tests,
-            context(),
-            CodeScoring::AllPass,
-            &Limits::default(),
-        )
-        .unwrap();
-        assert_eq!(result.score, 0.0, "{code}\n{result:?}");
-        assert!(
-            result.reason.contains(reason),
-            "{code}\nreason {:?} lacks {reason:?}",
-            result.reason
-        );
-    }
+    assert_attacks_do_not_pay(&sandbox, attacks, &tests);
     // An exit handler no longer hides the result of an honest solution.
     let honest = "import sys\nsys.atexit(lambda: print('bye'))\ndef add(a, b):\n    return a + b\n";
+    let tests = tests.map(String::from).to_vec();
     let result = grade(
         &sandbox,
         honest,
@@ -375,5 +344,28 @@ fn clocks_are_frozen() {
         let sandbox = Sandbox::shared(runtime).expect("sandbox module");
         let result = grade_add(&sandbox, code);
         assert_eq!(result.score, 1.0, "{runtime:?}: {result:?}");
+    }
+}
+
+/// Grades each `(code, reason)` attack against `tests`: no reward, and a reason that
+/// names what stopped it.
+fn assert_attacks_do_not_pay(sandbox: &Sandbox, attacks: &[(&str, &str)], tests: &[&str]) {
+    let tests: Vec<String> = tests.iter().map(|t| t.to_string()).collect();
+    for (code, reason) in attacks {
+        let result = grade(
+            sandbox,
+            code,
+            &tests,
+            context(),
+            CodeScoring::AllPass,
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(result.score, 0.0, "{code}\n{result:?}");
+        assert!(
+            result.reason.contains(reason),
+            "{code}\nreason {:?} lacks {reason:?}",
+            result.reason
+        );
     }
 }

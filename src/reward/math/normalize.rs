@@ -129,8 +129,17 @@ fn latex_pass(s: &str, depth: usize) -> String {
     out
 }
 
+/// Text commands whose argument may be the units of the value before it.
+const TEXT: &str = "text textrm textnormal mathrm mbox hbox";
+
 /// Writes the replacement for `\name` to `out` and returns the input left to scan.
 fn apply_command<'a>(name: &str, after: &'a str, out: &mut String, depth: usize) -> &'a str {
+    if listed(TEXT, name)
+        && let Some(rest) = text_units(after, out)
+    {
+        out.push(' ');
+        return rest;
+    }
     match name {
         "!" | "$" | "(" | ")" | "[" | "]" | "" => after,
         "," | ";" | ":" | " " | "quad" | "qquad" | "enspace" | "thinspace" => {
@@ -174,6 +183,45 @@ fn apply_command<'a>(name: &str, after: &'a str, out: &mut String, depth: usize)
             after
         }
     }
+}
+
+/// `5\text{ m/s}^2` → `5`: the rest after a text argument that follows a value and
+/// reads as units (up to three letter words, `/`, powers, no hedging word); `None`
+/// otherwise. Inside `\text{}` a single letter is a unit, not a variable.
+fn text_units<'a>(after: &'a str, before: &str) -> Option<&'a str> {
+    let value_before = before
+        .trim_end()
+        .ends_with(|c: char| c.is_ascii_digit() || c == '}' || c == ')');
+    let trimmed = after.trim_start();
+    let open = after.len() - trimmed.len();
+    if !value_before || !trimmed.starts_with('{') {
+        return None;
+    }
+    let close = matching_brace(after, open, MAX_ARGUMENT_LEN)?;
+    let content = after[open + 1..close].replace('~', " ");
+    let words: Vec<&str> = content
+        .split([' ', '/'])
+        .filter(|w| !w.is_empty())
+        .collect();
+    let unit = |word: &&str| {
+        let base = word.split('^').next().unwrap_or("");
+        !base.is_empty()
+            && base.bytes().all(|c| c.is_ascii_alphabetic())
+            && !listed(MATH_WORDS, &base.to_ascii_lowercase())
+            // `50\text{ percent}` is a percentage, read by `strip_units`.
+            && !base.eq_ignore_ascii_case("percent")
+    };
+    if words.is_empty() || words.len() > 3 || !words.iter().all(unit) {
+        return None;
+    }
+    let rest = &after[close + 1..];
+    // A power after the units (`\text{m/s}^2`) belongs to them.
+    Some(
+        ["^{2}", "^{3}", "^2", "^3"]
+            .iter()
+            .find_map(|power| rest.strip_prefix(power))
+            .unwrap_or(rest),
+    )
 }
 
 /// `\text{ cm}` → ` cm `: the argument, normalised, between spaces.

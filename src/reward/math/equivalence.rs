@@ -243,9 +243,24 @@ impl Cmp<'_> {
                 (self.values(l1, l2) && self.values(r1, r2))
                     || (self.values(l1, r2) && self.values(r1, l2))
             }
-            (Some((lhs, rhs)), None) => is_single_variable(lhs) && self.values(rhs, r),
+            (Some((lhs, rhs)), None) => self.states_value(lhs, rhs) && self.values(rhs, r),
             (None, Some((lhs, rhs))) => is_single_variable(lhs) && self.values(p, rhs),
             (None, None) => self.values(p, r),
+        }
+    }
+
+    /// Whether a predicted `lhs = rhs` states the value `rhs`: `x = 5`, a label for a
+    /// constant (`f(2) = 5`, `AB = 5`, `a + b = 5`), or a true equation of constants
+    /// (`6 \times 7 = 42`; `5 = 7` states nothing).
+    fn states_value(&self, lhs: &str, rhs: &str) -> bool {
+        if is_single_variable(lhs) {
+            return true;
+        }
+        let constant = |s: &str| parse(&strip_units(s)).map(|p| p.vars.is_empty());
+        match (constant(lhs), constant(rhs)) {
+            (Some(true), Some(true)) => self.values(lhs, rhs),
+            (Some(false) | None, Some(true)) => true,
+            _ => false,
         }
     }
 

@@ -169,12 +169,13 @@ pub(crate) fn silu_times(gate: &mut [f32], up: &[f32]) {
 
 /// `scores` ← softmax(`scale` · `scores`).
 pub(crate) fn softmax(scores: &mut [f32], scale: f32) {
-    let total = exp_from_max(scores, scale);
+    let (_, total) = exp_from_max(scores, scale);
     scores.iter_mut().for_each(|s| *s /= total);
 }
 
-/// `x[i]` ← e^(`scale` · (x[i] − max x)), the unnormalized softmax; returns its sum.
-pub(crate) fn exp_from_max(x: &mut [f32], scale: f32) -> f32 {
+/// `x[i]` ← e^(`scale` · (x[i] − max x)), the unnormalized softmax; returns the
+/// max of `x` before the change and the sum after it.
+pub(crate) fn exp_from_max(x: &mut [f32], scale: f32) -> (f32, f32) {
     assert!(available(), "the CPU kernels need AVX2 and FMA");
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     #[cfg(target_arch = "x86_64")]
@@ -186,7 +187,7 @@ pub(crate) fn exp_from_max(x: &mut [f32], scale: f32) -> f32 {
         *v = (*v * scale - scale * max).exp();
         total += *v;
     }
-    total
+    (max, total)
 }
 
 /// The first multiple of 8 of the floats of `silu_times`; returns how many it did.

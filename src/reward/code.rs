@@ -119,16 +119,14 @@ fn judge(execution: &Execution, nonce: &str, total: usize, scoring: CodeScoring)
         fuel_used: execution.fuel_used,
         wall: execution.wall,
     };
-    if matches!(
-        execution.verdict,
-        Verdict::Timeout | Verdict::Memory | Verdict::Error
-    ) {
-        return grade(0.0, execution.verdict, 0, execution.reason.clone());
-    }
-    // The harness always ends with exit 0 after its report; any other ending means
-    // something cut it short, and a result line before that could be forged.
+    // The harness always ends with exit 0 after its report; any other ending (a limit,
+    // a trap, another exit code) cut it short, and a result line before that could be
+    // forged.
     if execution.verdict != Verdict::Pass {
-        let why = format!("the harness did not finish ({})", execution.reason);
+        let why = match execution.verdict {
+            Verdict::Fail => format!("the harness did not finish ({})", execution.reason),
+            _ => execution.reason.clone(),
+        };
         return grade(0.0, execution.verdict, 0, why);
     }
     // Only the final line counts, and only with the nonce the code never saw.

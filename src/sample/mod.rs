@@ -129,11 +129,11 @@ pub fn generate(
         }
         let per_shard = prompts.len().div_ceil(shards);
         let results: Vec<Result<Vec<Completion>>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..prompts.len())
-                .step_by(per_shard)
-                .map(|first| {
-                    let shard = &prompts[first..(first + per_shard).min(prompts.len())];
-                    let cpu = &cpu;
+            let workers: Vec<_> = prompts
+                .chunks(per_shard)
+                .enumerate()
+                .map(|(index, shard)| {
+                    let (cpu, first) = (&cpu, index * per_shard);
                     scope.spawn(move || {
                         // Top-k / top-p filtering runs through libtorch: one thread each.
                         tch::set_num_threads(1);

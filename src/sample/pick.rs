@@ -40,10 +40,9 @@ fn pick_in_rows(logits: &[f32], params: &SamplingParams, uniforms: &[f64]) -> (V
     let mut logprobs = Vec::with_capacity(uniforms.len());
     let mut weights = vec![0.0f32; vocab];
     for (row, &uniform) in logits.chunks_exact(vocab).zip(uniforms) {
-        let largest = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let max = largest / temperature;
         weights.copy_from_slice(row);
-        let total = cpu_kernels::exp_from_max(&mut weights, 1.0 / temperature);
+        let (largest, total) = cpu_kernels::exp_from_max(&mut weights, 1.0 / temperature);
+        let max = largest / temperature;
         let token = if greedy {
             // The first of equal maxima, as libtorch's argmax.
             row.iter().position(|&x| x == largest).unwrap_or(0)

@@ -1,5 +1,6 @@
-//! What runs after the prompt: libtorch's forward with its KV cache, or for f32
-//! models on a CPU the plain-Rust [`CpuDecoder`].
+//! The forward passes of sampling: libtorch's (the left-padded prompts in one batch,
+//! then steps with its KV cache), or for f32 models on a CPU the plain-Rust
+//! [`CpuDecoder`]'s (prompts and steps alike).
 
 use crate::model::cpu_decoder::{CpuCache, CpuDecoder};
 use crate::model::{KvCache, Transformer, position_ids_from_mask};

@@ -205,11 +205,8 @@ fn text_units<'a>(after: &'a str, before: &str) -> Option<&'a str> {
         .collect();
     let unit = |word: &&str| {
         let base = word.split('^').next().unwrap_or("");
-        !base.is_empty()
-            && base.bytes().all(|c| c.is_ascii_alphabetic())
-            && !listed(MATH_WORDS, &base.to_ascii_lowercase())
-            // `50\text{ percent}` is a percentage, read by `strip_units`.
-            && !base.eq_ignore_ascii_case("percent")
+        // `50\text{ percent}` is a percentage, read by `strip_units`.
+        unit_name(base) && !base.eq_ignore_ascii_case("percent")
     };
     if words.is_empty() || words.len() > 3 || !words.iter().all(unit) {
         return None;
@@ -382,9 +379,13 @@ fn is_unit_word(w: &str) -> bool {
         Some(i) => w.split_at(i),
         None => (w, ""),
     };
-    base.len() >= 2
+    base.len() >= 2 && unit_name(base) && (power.is_empty() || is_unit_power(power))
+}
+
+/// Letters that could name a unit: not empty, and not a math or hedging word.
+fn unit_name(base: &str) -> bool {
+    !base.is_empty()
         && base.bytes().all(|c| c.is_ascii_alphabetic())
-        && (power.is_empty() || is_unit_power(power))
         && !listed(MATH_WORDS, &base.to_ascii_lowercase())
 }
 

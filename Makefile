@@ -15,10 +15,12 @@ build: setup
 demo: setup
 	cargo run --quiet -- demo
 
+# cargo-nextest runs each test in its own process and kills one stuck past its time
+# limit (.config/nextest.toml), so the suite always ends and names what hung.
 test: setup
-	@bash scripts/python-env.sh >/dev/null || echo "[test] no Python with transformers: the transformers round-trip test will skip"
+	@bash scripts/python-env.sh >/dev/null || echo "[test] no Python with transformers: the transformers round-trip test will skip (fail under RLVR_REQUIRE_ALL=1)"
 	@bash scripts/chromium.sh
-	cargo test --all-targets
+	@NEXTEST=$$(bash scripts/nextest.sh) && "$$NEXTEST" nextest run --all-targets
 
 # The RLHF example: a reward model trained on synthetic preferences, then RL against it
 # while a gold reward watches; runs/rlhf/rl/metrics.jsonl flags the over-optimisation.

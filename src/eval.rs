@@ -5,7 +5,11 @@
 //! answer among k samples), the mean of each reward function and the mean completion
 //! length. Items and sampling seeds depend only on the task and the settings, so every
 //! checkpoint sees the same ones; per-item results are saved as jsonl beside a summary,
-//! and a later run with the same settings reuses them.
+//! and a later run reuses them only when the settings, the task file, its records, its
+//! reward scripts, the model's files and the rlvr build are all the same.
+//!
+//! A completion the grader failed on is not a wrong answer: when any could not be
+//! graded, the per-item results are saved and no accuracy is reported.
 
 use crate::config::TaskConfig;
 use crate::config::run::{Dtype, OnBadRecord};
@@ -54,8 +58,16 @@ pub struct ItemResult {
     pub category: Option<String>,
     pub greedy_completion: String,
     pub greedy_correct: bool,
-    /// Each reward function's score of the greedy completion.
+    /// Each reward function's score of the greedy completion (those that graded it).
     pub greedy_rewards: BTreeMap<String, f64>,
+    /// Why the grader failed on the greedy completion, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub greedy_ungraded: Option<String>,
+    /// Samples the grader failed on, and the first reason.
+    #[serde(default)]
+    pub samples_ungraded: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_ungraded_reason: Option<String>,
     pub greedy_tokens: usize,
     /// Of the `samples` completions, how many were correct.
     pub samples_correct: usize,
@@ -70,6 +82,8 @@ pub struct EvalSummary {
     pub task: String,
     pub items: usize,
     pub settings: EvalSettings,
+    /// What the results depend on besides the settings (see [`inputs_key`]).
+    pub inputs_key: String,
     pub accuracy: f64,
     pub pass_at_k: BTreeMap<usize, f64>,
     pub maj_at_k: BTreeMap<usize, f64>,
@@ -81,6 +95,8 @@ pub struct EvalSummary {
 pub struct Evaluation {
     pub summary: EvalSummary,
     pub items: Vec<ItemResult>,
+    /// Whether the results were computed now or read back from an earlier run.
+    pub reused: bool,
 }
 
 /// The unbiased pass@k estimate for one item with `correct` of `n` samples right.
@@ -113,8 +129,14 @@ pub fn results_dir(model: &Path, task_name: &str) -> PathBuf {
 pub fn evaluate(model_dir: &Path, task_path: &Path, settings: &EvalSettings) -> Result<Evaluation> {
     let task = TaskConfig::load(task_path)?;
     let out = results_dir(model_dir, &task.name);
-    if let Some(saved) = load_saved(&out, settings)? {
-        return Ok(saved);
+    let key = inputs_key(model_dir, &task, task_path)?;
+    match load_saved(&out, settings, &key)? {
+        Saved::Usable(saved) => return Ok(saved),
+        Saved::Stale(why) => eprintln!(
+            "eval: recomputing {} ({why})",
+            out.join("summary.json").display()
+        ),
+        Saved::None => {}
     }
     let started = std::time::Instant::now();
     let tokenizer = Tokenizer::load(&model_dir.join("tokenizer.json"))?;
@@ -166,6 +188,8 @@ pub fn evaluate(model_dir: &Path, task_path: &Path, settings: &EvalSettings) -> 
             let (completion, text, scored) = &greedy[i];
             let samples = &sampled[i * settings.samples..(i + 1) * settings.samples];
             let sample_correct: Vec<bool> = samples.iter().map(|(_, _, s)| s.solved()).collect();
+            let sample_failures: Vec<String> =
+                samples.iter().filter_map(|(_, _, s)| failure(s)).collect();
             ItemResult {
                 index: i,
                 prompt: prompt.text.clone(),
@@ -178,9 +202,13 @@ pub fn evaluate(model_dir: &Path, task_path: &Path, settings: &EvalSettings) -> 
                 greedy_correct: scored.solved(),
                 greedy_rewards: names
                     .iter()
-                    .cloned()
-                    .zip(scored.per_function.iter().map(|s| s.value))
+                    .zip(&scored.per_function)
+                    .filter(|(_, s)| s.infra_error.is_none())
+                    .map(|(name, s)| (name.clone(), s.value))
                     .collect(),
+                greedy_ungraded: failure(scored),
+                samples_ungraded: sample_failures.len(),
+                sample_ungraded_reason: sample_failures.into_iter().next(),
                 greedy_tokens: completion.token_ids.len(),
                 samples_correct: sample_correct.iter().filter(|&&c| c).count(),
                 sample_answers: samples.iter().map(|(_, t, _)| final_answer(t)).collect(),
@@ -188,16 +216,116 @@ pub fn evaluate(model_dir: &Path, task_path: &Path, settings: &EvalSettings) -> 
             }
         })
         .collect();
+    save_items(&out, &items)?;
+    refuse_ungraded(&items, &out)?;
     let summary = summarize(
-        model_dir,
-        &task.name,
+        (model_dir, &task.name, &key),
         settings,
         &items,
         &names,
         started.elapsed().as_secs_f64(),
     );
-    save(&out, &summary, &items)?;
-    Ok(Evaluation { summary, items })
+    save_summary(&out, &summary)?;
+    Ok(Evaluation {
+        summary,
+        items,
+        reused: false,
+    })
+}
+
+/// The first grader failure among a completion's rewards: eval reports every reward,
+/// so any failure leaves the completion ungraded.
+fn failure(scored: &Scored) -> Option<String> {
+    scored
+        .per_function
+        .iter()
+        .find_map(|s| s.infra_error.clone())
+}
+
+/// An accuracy over completions the grader failed on would count its failures as wrong
+/// answers: refuse, naming how many and why.
+fn refuse_ungraded(items: &[ItemResult], out: &Path) -> Result<()> {
+    let greedy = items.iter().filter(|i| i.greedy_ungraded.is_some()).count();
+    let samples: usize = items.iter().map(|i| i.samples_ungraded).sum();
+    if greedy + samples == 0 {
+        return Ok(());
+    }
+    let first = items
+        .iter()
+        .find_map(|i| {
+            i.greedy_ungraded
+                .clone()
+                .or(i.sample_ungraded_reason.clone())
+        })
+        .unwrap_or_default();
+    bail!(
+        "{greedy} of {} greedy completions and {samples} samples could not be graded, so no \
+         accuracy is reported (the grader failed, not the model); the first: {first}. \
+         Per-item results: {}",
+        items.len(),
+        out.join("items.jsonl").display()
+    )
+}
+
+/// A hash of everything the results depend on besides the settings: the task file,
+/// its records, the files its rewards read, the model's files and this build of rlvr.
+/// Grading code changes often; results made by another build are never reused.
+pub fn inputs_key(model_dir: &Path, task: &TaskConfig, task_path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let task_dir = task_path.parent().unwrap_or(Path::new("."));
+    let mut hash = Sha256::new();
+    let mut add = |label: &str, bytes: &[u8]| {
+        hash.update((label.len() as u64).to_le_bytes());
+        hash.update(label.as_bytes());
+        hash.update((bytes.len() as u64).to_le_bytes());
+        hash.update(bytes);
+    };
+    let read = |path: &Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    add("task", &read(task_path)?);
+    let records = crate::data::load_records(task, task_dir)?;
+    add("records", serde_json::to_string(&records)?.as_bytes());
+    for spec in &task.rewards {
+        if let Some(script) = &spec.script {
+            add("script", &read(&task_dir.join(script))?);
+        }
+        if let Some(model) = &spec.model {
+            add(
+                "reward model",
+                files_stamp(&task_dir.join(model)).as_bytes(),
+            );
+        }
+    }
+    add("model", files_stamp(model_dir).as_bytes());
+    add("build", crate::build_info::fingerprint().as_bytes());
+    Ok(format!("{:x}", hash.finalize()))
+}
+
+/// Names, sizes and modification times of a folder's files (not its subfolders): what
+/// changes when a checkpoint is written again, without reading gigabytes of weights.
+fn files_stamp(dir: &Path) -> String {
+    let mut entries: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let meta = e.metadata().ok().filter(|m| m.is_file())?;
+            let modified = meta
+                .modified()
+                .ok()?
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?;
+            Some(format!(
+                "{:?} {} {}",
+                e.file_name(),
+                meta.len(),
+                modified.as_nanos()
+            ))
+        })
+        .collect();
+    entries.sort();
+    entries.join("\n")
 }
 
 type Row = (Completion, String, Scored);
@@ -267,8 +395,7 @@ pub fn majority_correct(answers: &[String], correct: &[bool], k: usize) -> bool 
 }
 
 fn summarize(
-    model: &Path,
-    task: &str,
+    (model, task, key): (&Path, &str, &str),
     settings: &EvalSettings,
     items: &[ItemResult],
     names: &[String],
@@ -303,43 +430,65 @@ fn summarize(
         task: task.to_string(),
         items: items.len(),
         settings: settings.clone(),
+        inputs_key: key.to_string(),
         accuracy: mean(&|i| f64::from(u8::from(i.greedy_correct))),
         pass_at_k,
         maj_at_k,
         mean_rewards: names
             .iter()
-            .map(|name| (name.clone(), mean(&|i| i.greedy_rewards[name])))
+            .map(|name| (name.clone(), mean(&|i| i.greedy_rewards[name.as_str()])))
             .collect(),
         mean_length: mean(&|i| i.greedy_tokens as f64),
         seconds,
     }
 }
 
-fn save(dir: &Path, summary: &EvalSummary, items: &[ItemResult]) -> Result<()> {
+fn save_items(dir: &Path, items: &[ItemResult]) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // Old results stop counting before new items replace them.
+    let summary = dir.join("summary.json");
+    if summary.exists() {
+        std::fs::remove_file(&summary)
+            .with_context(|| format!("cannot remove {}", summary.display()))?;
+    }
     let lines: Vec<String> = items
         .iter()
         .map(serde_json::to_string)
         .collect::<Result<_, _>>()?;
-    std::fs::write(dir.join("items.jsonl"), lines.join("\n") + "\n")?;
-    // The summary is written last: its presence marks complete results.
-    std::fs::write(
-        dir.join("summary.json"),
-        serde_json::to_string_pretty(summary)? + "\n",
-    )?;
-    Ok(())
+    let path = dir.join("items.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn load_saved(dir: &Path, settings: &EvalSettings) -> Result<Option<Evaluation>> {
+/// Written last: its presence marks complete, fully graded results.
+fn save_summary(dir: &Path, summary: &EvalSummary) -> Result<()> {
+    let path = dir.join("summary.json");
+    std::fs::write(&path, serde_json::to_string_pretty(summary)? + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+enum Saved {
+    None,
+    /// Saved results made from other inputs, and which.
+    Stale(&'static str),
+    Usable(Evaluation),
+}
+
+fn load_saved(dir: &Path, settings: &EvalSettings, key: &str) -> Result<Saved> {
     let summary_path = dir.join("summary.json");
     let Ok(text) = std::fs::read_to_string(&summary_path) else {
-        return Ok(None);
+        return Ok(Saved::None);
     };
     let Ok(summary) = serde_json::from_str::<EvalSummary>(&text) else {
-        return Ok(None);
+        return Ok(Saved::Stale("unreadable, or from an older rlvr"));
     };
     if &summary.settings != settings {
-        return Ok(None);
+        return Ok(Saved::None);
+    }
+    if summary.inputs_key != key {
+        return Ok(Saved::Stale(
+            "the task, its records or reward files, the model or the rlvr build changed",
+        ));
     }
     let items_path = dir.join("items.jsonl");
     let items: Vec<ItemResult> = std::fs::read_to_string(&items_path)
@@ -349,9 +498,13 @@ fn load_saved(dir: &Path, settings: &EvalSettings) -> Result<Option<Evaluation>>
         .collect::<Result<_, _>>()
         .with_context(|| format!("{}: unreadable", items_path.display()))?;
     if items.len() != summary.items {
-        return Ok(None);
+        return Ok(Saved::Stale("items.jsonl does not match the summary"));
     }
-    Ok(Some(Evaluation { summary, items }))
+    Ok(Saved::Usable(Evaluation {
+        summary,
+        items,
+        reused: true,
+    }))
 }
 
 /// The summary as a short text block for the terminal.

@@ -4,6 +4,7 @@
 //! prompts → sampler → rewards → advantages → loss → optimizer → run directory.
 
 pub mod bench;
+pub mod build_info;
 pub mod cache;
 pub mod cli;
 pub mod compare;

@@ -49,7 +49,8 @@ impl RunDir {
         let info = json!({
             "stage": stage,
             "rlvr_version": env!("CARGO_PKG_VERSION"),
-            "git_revision": git_revision(),
+            "git_revision": crate::build_info::GIT_REVISION,
+            "source_hash": crate::build_info::SOURCE_HASH,
             "command": std::env::args().collect::<Vec<_>>(),
         });
         std::fs::write(
@@ -174,15 +175,4 @@ fn append_lines(path: &Path, rows: &[Value]) -> Result<()> {
         .with_context(|| format!("cannot open {}", path.display()))?;
     file.write_all(body.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))
-}
-
-fn git_revision() -> String {
-    let root = env!("CARGO_MANIFEST_DIR");
-    std::process::Command::new("git")
-        .args(["-C", root, "rev-parse", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
 }

@@ -2,6 +2,8 @@
 //! the statistics are consistent with the items, and the HTML report carries its plots
 //! (checked in headless Chromium when it is installed: `make test` installs it).
 
+mod common;
+
 use rlvr::compare::{self, report};
 use rlvr::config::RunConfig;
 use rlvr::config::run::Dtype;
@@ -155,7 +157,7 @@ fn the_report_renders_in_headless_chromium() {
                 .is_ok_and(|o| o.status.success())
         })
     else {
-        eprintln!("SKIPPED: no chromium (make test installs Debian's `chromium`)");
+        common::skip_unless_required("no chromium (make test installs Debian's `chromium`)");
         return;
     };
     let dir = tempfile::tempdir().unwrap();

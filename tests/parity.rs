@@ -3,6 +3,8 @@
 //! the round trip of a checkpoint we save through transformers when a Python with it
 //! is available.
 
+mod common;
+
 use rlvr::config::run::Dtype;
 use rlvr::model::Model;
 use rlvr::sample::{self, SamplingParams};
@@ -118,8 +120,8 @@ with torch.no_grad():
 #[test]
 fn saved_checkpoint_loads_in_transformers() {
     let Some(python) = transformers_python() else {
-        eprintln!(
-            "SKIPPED saved_checkpoint_loads_in_transformers: no Python with transformers (run scripts/python-env.sh)"
+        common::skip_unless_required(
+            "saved_checkpoint_loads_in_transformers: no Python with transformers (run scripts/python-env.sh)",
         );
         return;
     };

@@ -316,6 +316,10 @@ pub struct RlSection {
     /// DAPO dynamic sampling: at most this many extra prompt draws per step to replace
     /// groups whose rewards have zero spread; 0 disables it.
     pub dynamic_sampling_max_draws: usize,
+    /// The run stops when more than this fraction of a step's completions could not be
+    /// graded (a grader failure, not a wrong answer: left out of the update).
+    #[serde(deserialize_with = "unit_interval")]
+    pub max_ungraded_rate: f64,
     /// PPO's settings (algorithm: ppo).
     pub ppo: PpoSection,
 }
@@ -404,6 +408,7 @@ impl Default for RlSection {
             num_iterations: 1,
             mask_truncated_completions: false,
             dynamic_sampling_max_draws: 0,
+            max_ungraded_rate: 0.05,
             ppo: PpoSection::default(),
         }
     }

@@ -73,14 +73,27 @@ fn report(
     scored: &[Scored],
     options: &CheckOptions,
 ) -> CheckReport {
-    let n = scored.len().max(1) as f64;
+    // Means over what was graded; grader failures are counted below, apart.
+    let mean = |values: Vec<f64>| values.iter().sum::<f64>() / values.len().max(1) as f64;
     let mut means = Vec::new();
     for (f, (name, weight, _)) in rewards.functions.iter().enumerate() {
-        let mean = scored.iter().map(|s| s.per_function[f].value).sum::<f64>() / n;
+        let graded = scored.iter().map(|s| &s.per_function[f]);
+        let mean = mean(
+            graded
+                .filter(|s| s.infra_error.is_none())
+                .map(|s| s.value)
+                .collect(),
+        );
         println!("  {name:<20} weight {weight:<5} mean {mean:.4}");
         means.push((name.clone(), mean));
     }
-    let total = scored.iter().map(|s| s.total).sum::<f64>() / n;
+    let total = mean(
+        scored
+            .iter()
+            .filter(|s| s.graded())
+            .map(|s| s.total)
+            .collect(),
+    );
     println!("  {:<20} {:<12} mean {total:.4}", "weighted total", "");
 
     let mut verdicts: BTreeMap<String, usize> = BTreeMap::new();

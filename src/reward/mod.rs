@@ -51,8 +51,9 @@ impl Score {
         }
     }
 
-    /// The grader failed (missing field, broken script, sandbox error): scores 0 and
-    /// is counted as an infrastructure error, never as a wrong answer.
+    /// The grader failed (missing field, broken script, sandbox error): an
+    /// infrastructure error, never a wrong answer. The value 0 is a placeholder that
+    /// no total, mean or accuracy uses.
     pub(crate) fn infra(error: impl std::fmt::Display) -> Self {
         let message = error.to_string();
         Self {
@@ -87,15 +88,56 @@ pub struct RewardSet {
 #[derive(Debug, Clone, Serialize)]
 pub struct Scored {
     pub per_function: Vec<Score>,
+    /// The weighted sum of the rewards that count (weight ≠ 0); NaN when one of them
+    /// could not be graded: a missing score, which the update leaves out.
     pub total: f64,
+    /// Why there is no total: the first grader failure among the rewards that count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ungraded: Option<String>,
     /// Time spent scoring this completion, all functions together.
     pub seconds: f64,
 }
 
 impl Scored {
+    /// From each function's score and weight. A weight-0 reward (a gold check that is
+    /// only logged) never touches the total, even when it failed.
+    pub fn new(per_function: Vec<Score>, weights: &[f64], seconds: f64) -> Self {
+        let counted = || per_function.iter().zip(weights).filter(|(_, w)| **w != 0.0);
+        let ungraded = counted().find_map(|(s, _)| s.infra_error.clone());
+        let total = match ungraded {
+            Some(_) => f64::NAN,
+            None => counted().map(|(s, w)| w * s.value).sum(),
+        };
+        Self {
+            per_function,
+            total,
+            ungraded,
+            seconds,
+        }
+    }
+
+    /// Whether the rewards that count were all graded.
+    pub fn graded(&self) -> bool {
+        self.ungraded.is_none()
+    }
+
     /// Solved: the task's first reward, its correctness check, paid in full.
     pub fn solved(&self) -> bool {
-        self.per_function.first().is_some_and(|s| s.value >= 1.0)
+        self.per_function
+            .first()
+            .is_some_and(|s| s.infra_error.is_none() && s.value >= 1.0)
+    }
+}
+
+/// A score that is not a number (a reward script or model that returned NaN or ∞) is a
+/// grader failure, never a value to train on.
+fn checked(score: Score) -> Score {
+    if score.value.is_finite() || score.infra_error.is_some() {
+        return score;
+    }
+    Score {
+        verdict: score.verdict,
+        ..Score::infra(format!("the reward is {} ({})", score.value, score.reason))
     }
 }
 
@@ -135,6 +177,7 @@ impl RewardSet {
             .iter()
             .map(|(_, _, f)| f.score_all(samples))
             .collect();
+        let weights: Vec<f64> = self.functions.iter().map(|(_, w, _)| *w).collect();
         samples
             .par_iter()
             .enumerate()
@@ -148,18 +191,9 @@ impl RewardSet {
                         Some(scores) => scores[i].clone(),
                         None => f.score(sample),
                     })
+                    .map(checked)
                     .collect();
-                let total = self
-                    .functions
-                    .iter()
-                    .zip(&per_function)
-                    .map(|((_, w, _), s)| w * s.value)
-                    .sum();
-                Scored {
-                    per_function,
-                    total,
-                    seconds: started.elapsed().as_secs_f64(),
-                }
+                Scored::new(per_function, &weights, started.elapsed().as_secs_f64())
             })
             .collect()
     }

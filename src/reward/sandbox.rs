@@ -12,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use wasmtime::{Config, Engine, InstancePre, Linker, Module, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
@@ -222,6 +222,38 @@ fn engine() -> Result<&'static Engine, SandboxError> {
         .map_err(Clone::clone)
 }
 
+/// A runtime's place in the process-wide table of [`Sandbox::shared`].
+enum Slot {
+    /// One caller is compiling or loading the module.
+    Loading,
+    Ready(Arc<Sandbox>),
+}
+
+/// The process-wide sandboxes by runtime, and the signal that one finished loading.
+static SLOTS: Mutex<Vec<(Runtime, Slot)>> = Mutex::new(Vec::new());
+static LOADED: Condvar = Condvar::new();
+
+fn slots() -> MutexGuard<'static, Vec<(Runtime, Slot)>> {
+    SLOTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Owns a `Loading` slot: on drop (success, error or panic) it replaces the slot by the
+/// sandbox, or removes it so that the next caller tries again (setup may have run since),
+/// and wakes the waiters.
+struct LoadingSlot(Runtime, Option<Arc<Sandbox>>);
+
+impl Drop for LoadingSlot {
+    fn drop(&mut self) {
+        let mut table = slots();
+        table.retain(|(r, _)| *r != self.0);
+        if let Some(sandbox) = self.1.take() {
+            table.push((self.0, Slot::Ready(sandbox)));
+        }
+        drop(table);
+        LOADED.notify_all();
+    }
+}
+
 /// A compiled Python module, ready to instantiate once per job.
 pub struct Sandbox {
     runtime: Runtime,
@@ -231,15 +263,36 @@ pub struct Sandbox {
 impl Sandbox {
     /// The process-wide sandbox for `runtime` (compiled or loaded from the disk cache
     /// on first use).
+    ///
+    /// The first caller loads it with no lock held: compiling runs on rayon's pool
+    /// (wasmtime's parallel compilation), so a lock held across it would deadlock
+    /// with rayon workers waiting on that lock. Callers that arrive meanwhile wait
+    /// for the first one; a rayon worker waits by running other pool jobs (the
+    /// compile's among them), never by blocking its thread.
     pub fn shared(runtime: Runtime) -> Result<Arc<Sandbox>, SandboxError> {
-        static SANDBOXES: Mutex<Vec<(Runtime, Arc<Sandbox>)>> = Mutex::new(Vec::new());
-        let mut sandboxes = SANDBOXES.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, sandbox)) = sandboxes.iter().find(|(r, _)| *r == runtime) {
-            return Ok(sandbox.clone());
+        let mut table = slots();
+        loop {
+            match table.iter().find(|(r, _)| *r == runtime).map(|(_, s)| s) {
+                Some(Slot::Ready(sandbox)) => return Ok(sandbox.clone()),
+                Some(Slot::Loading) if rayon::current_thread_index().is_some() => {
+                    drop(table);
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    table = slots();
+                }
+                Some(Slot::Loading) => {
+                    table = LOADED.wait(table).unwrap_or_else(|e| e.into_inner());
+                }
+                None => break,
+            }
         }
+        table.push((runtime, Slot::Loading));
+        drop(table);
+        let mut loading = LoadingSlot(runtime, None);
         let path = crate::cache::wasm_module(runtime.module_file());
         let sandbox = Arc::new(Self::load(runtime, &path)?);
-        sandboxes.push((runtime, sandbox.clone()));
+        loading.1 = Some(sandbox.clone());
         Ok(sandbox)
     }
 
@@ -498,7 +551,12 @@ fn load_module(engine: &Engine, path: &Path) -> Result<Module, SandboxError> {
         .map_err(infra(&format!("cannot compile {}", path.display())))?;
     if let Ok(serialized) = module.serialize() {
         // Best effort: a read-only cache only costs the compile time next run.
-        let partial = cached.with_extension("partial");
+        // A name of its own: two processes may compile the same module at once.
+        let partial = cached.with_extension(format!(
+            "{}-{:?}.partial",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         if std::fs::write(&partial, serialized).is_ok() {
             let _ = std::fs::rename(&partial, &cached);
         }

@@ -136,6 +136,7 @@ impl Objective for Grpo {
         if iteration == 0 || self.batch.is_none() {
             let batch = self.generate_batch(model, step)?;
             self.source.log_samples(run, step, &batch.rollouts)?;
+            self.source.check_ungraded(step, &batch.rollouts)?;
             self.batch = Some(batch);
         }
         let started = Instant::now();

@@ -107,10 +107,31 @@ impl Ppo {
         Ok((logprobs, values))
     }
 
-    fn rollout_batch(&mut self, model: &Model, step: usize) -> Result<PpoBatch> {
+    /// Samples and scores a batch, logs it (as step `log.1`), and prepares the update.
+    /// Completions that could not be graded are left out: their return is unknown.
+    fn rollout_batch(
+        &mut self,
+        model: &Model,
+        step: usize,
+        log: (&RunDir, usize),
+    ) -> Result<PpoBatch> {
         let mut metrics = Metrics::new();
         let rollouts = self.source.draw(model, step, 0, &mut metrics)?;
         self.source.reward_metrics(&rollouts, &mut metrics);
+        let checked = match self.source.check_ungraded(log.1, &rollouts) {
+            Ok(()) if rollouts.iter().any(|r| r.scored.graded()) => Ok(()),
+            Ok(()) => Err(anyhow::anyhow!(
+                "step {}: no completion could be graded",
+                log.1 + 1
+            )),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = checked {
+            self.source.log_samples(log.0, log.1, &rollouts)?;
+            return Err(error);
+        }
+        let (rollouts, ungraded): (Vec<Rollout>, Vec<Rollout>) =
+            rollouts.into_iter().partition(|r| r.scored.graded());
         let started = Instant::now();
         let reference = self
             .source
@@ -132,13 +153,8 @@ impl Ppo {
             let mut rewards: Vec<f64> = kl.iter().map(|k| -self.kl_coef * k).collect();
             non_score_total += rewards.iter().sum::<f64>();
             kl_total += kl.iter().sum::<f64>();
-            let score = if rollout.scored.total.is_finite() {
-                rollout.scored.total
-            } else {
-                0.0
-            };
             if let Some(last) = rewards.last_mut() {
-                *last += score;
+                *last += rollout.scored.total;
             }
             let values: Vec<f64> = old_values[i].iter().map(|&v| f64::from(v)).collect();
             let (a, r) = gae(&rewards, &values, self.ppo.gamma, self.ppo.lam);
@@ -177,6 +193,8 @@ impl Ppo {
                 .map(|r| r.into_iter().map(|v| v as f32).collect())
                 .collect()
         };
+        self.source
+            .log_samples(log.0, log.1, rollouts.iter().chain(&ungraded))?;
         Ok(PpoBatch {
             rollouts,
             old_logprobs,
@@ -240,8 +258,7 @@ impl Objective for Ppo {
         let updates = self.ppo.updates_per_batch();
         let update = step % updates;
         if update == 0 || self.batch.is_none() {
-            let batch = self.rollout_batch(model, step - update)?;
-            self.source.log_samples(run, step, &batch.rollouts)?;
+            let batch = self.rollout_batch(model, step - update, (run, step))?;
             self.batch = Some(batch);
         }
         let started = Instant::now();

@@ -294,11 +294,15 @@ impl RolloutSource {
         if proxy.is_empty() || gold.is_empty() {
             return;
         }
+        // Over the scores that were graded: a failed gold check is no evidence.
         let mean = |functions: &[usize]| {
-            let values = rollouts
+            let values: Vec<f64> = rollouts
                 .iter()
-                .flat_map(|r| functions.iter().map(|&f| r.scored.per_function[f].value));
-            values.sum::<f64>() / (rollouts.len() * functions.len()).max(1) as f64
+                .flat_map(|r| functions.iter().map(|&f| &r.scored.per_function[f]))
+                .filter(|s| s.infra_error.is_none())
+                .map(|s| s.value)
+                .collect();
+            values.iter().sum::<f64>() / values.len().max(1) as f64
         };
         let point = (mean(proxy), mean(gold));
         self.monitor.push(point);
@@ -342,35 +346,45 @@ impl RolloutSource {
         )
     }
 
+    /// The batch's reward metrics, over the completions that were graded.
     pub fn reward_metrics(&mut self, rollouts: &[Rollout], metrics: &mut Metrics) {
         self.monitor_metrics(rollouts, metrics);
-        let n = rollouts.len().max(1) as f64;
+        let graded: Vec<&Rollout> = rollouts.iter().filter(|r| r.scored.graded()).collect();
         let stats = |values: Vec<f64>| {
+            let n = values.len().max(1) as f64;
             let mean = values.iter().sum::<f64>() / n;
             let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
             (mean, var.sqrt())
         };
-        let (mean, std) = stats(rollouts.iter().map(|r| r.scored.total).collect());
+        let (mean, std) = stats(graded.iter().map(|r| r.scored.total).collect());
         metrics.insert("reward".into(), mean);
         metrics.insert("reward_std".into(), std);
         for (f, name) in self.reward_names.iter().enumerate() {
             let (mean, std) = stats(
                 rollouts
                     .iter()
-                    .map(|r| r.scored.per_function[f].value)
+                    .map(|r| &r.scored.per_function[f])
+                    .filter(|s| s.infra_error.is_none())
+                    .map(|s| s.value)
                     .collect(),
             );
             metrics.insert(format!("rewards/{name}/mean"), mean);
             metrics.insert(format!("rewards/{name}/std"), std);
         }
-        let solved = rollouts.iter().filter(|r| r.scored.solved()).count();
-        metrics.insert("accuracy".into(), solved as f64 / n);
+        let solved = graded.iter().filter(|r| r.scored.solved()).count();
+        metrics.insert(
+            "accuracy".into(),
+            solved as f64 / graded.len().max(1) as f64,
+        );
         let infra = rollouts
             .iter()
             .flat_map(|r| &r.scored.per_function)
             .filter(|s| s.infra_error.is_some())
             .count();
         metrics.insert("reward_infra_errors".into(), infra as f64);
+        let ungraded = rollouts.len() - graded.len();
+        metrics.insert("ungraded".into(), ungraded as f64);
+        let n = rollouts.len().max(1) as f64;
         let lengths: Vec<usize> = rollouts
             .iter()
             .map(|r| r.completion.token_ids.len())
@@ -390,27 +404,58 @@ impl RolloutSource {
         metrics.insert("completions/clipped_ratio".into(), truncated as f64 / n);
     }
 
+    /// Stops the run when too many completions could not be graded: training on what
+    /// is left would follow a broken grader's sample, not the task.
+    pub fn check_ungraded(&self, step: usize, rollouts: &[Rollout]) -> Result<()> {
+        let ungraded = rollouts.iter().filter(|r| !r.scored.graded()).count();
+        let rate = ungraded as f64 / rollouts.len().max(1) as f64;
+        if ungraded == 0 || rate <= self.rl.max_ungraded_rate {
+            return Ok(());
+        }
+        let first = rollouts
+            .iter()
+            .find_map(|r| r.scored.ungraded.as_deref())
+            .unwrap_or_default();
+        bail!(
+            "step {}: {ungraded} of {} completions could not be graded ({:.1}%, above \
+             rl.max_ungraded_rate = {}); the first: {first}",
+            step + 1,
+            rollouts.len(),
+            100.0 * rate,
+            self.rl.max_ungraded_rate
+        )
+    }
+
     /// Appends the batch sampled at `step` (0-based) to samples.jsonl, every
     /// `sample_log_steps` steps.
-    pub fn log_samples(&self, run: &RunDir, step: usize, rollouts: &[Rollout]) -> Result<()> {
+    pub fn log_samples<'a>(
+        &self,
+        run: &RunDir,
+        step: usize,
+        rollouts: impl IntoIterator<Item = &'a Rollout>,
+    ) -> Result<()> {
         if self.sample_log_steps == 0 || !step.is_multiple_of(self.sample_log_steps) {
             return Ok(());
         }
         let step = step + 1;
         let rows: Vec<Value> = rollouts
-            .iter()
+            .into_iter()
             .map(|r| {
                 let rewards: serde_json::Map<String, Value> = self
                     .reward_names
                     .iter()
                     .zip(&r.scored.per_function)
-                    .map(|(name, s)| (name.clone(), json!({"value": s.value, "reason": s.reason})))
+                    .map(|(name, s)| {
+                        let value = s.infra_error.is_none().then_some(s.value);
+                        (name.clone(), json!({"value": value, "reason": s.reason}))
+                    })
                     .collect();
                 json!({
                     "step": step,
                     "prompt": self.prompts[r.prompt].text,
                     "completion": r.text,
-                    "reward": r.scored.total,
+                    "reward": r.scored.graded().then_some(r.scored.total),
+                    "ungraded": r.scored.ungraded,
                     "rewards": rewards,
                     "advantage": r.advantage,
                     "tokens": r.completion.token_ids.len(),

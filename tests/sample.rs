@@ -207,6 +207,19 @@ fn the_cpu_decoder_matches_libtorch_steps() {
 }
 
 #[test]
+fn the_portable_decoder_refuses_a_model_it_cannot_run() {
+    tch::manual_seed(4);
+    let config = ModelConfig::tiny_qwen2(40, 32, 2, 4);
+    let model = Model::random(&config, Device::Cpu, Dtype::Bf16).unwrap();
+    let params = SamplingParams {
+        kernels: Kernels::Portable,
+        ..greedy(2)
+    };
+    let error = generate(&model.transformer, &[vec![1, 2]], &params, None).unwrap_err();
+    assert!(error.to_string().contains("f32 model"), "{error}");
+}
+
+#[test]
 fn long_prompts_fed_in_pieces_match_libtorch_steps() {
     // 1000 + 1000 + 2500 prompt tokens exceed what the CPU decoder feeds at once
     // (4096): the third prompt goes in pieces over two feeds.
@@ -260,29 +273,61 @@ fn the_cpu_decoder_matches_libtorch_steps_at_real_model_shapes() {
     }
 }
 
-/// Samples with the default kernels (the CPU decoder on this machine) and with
+/// Samples with the CPU decoder's kernels, AVX2 (`Auto`) and portable, and with
 /// libtorch's steps; asserts the same tokens, finish reasons and log-probs to 1e-4.
+/// Returns the `Auto` completions.
 fn same_as_libtorch(
     model: &Model,
     prompts: &[Vec<i64>],
     params: &SamplingParams,
 ) -> Vec<rlvr::sample::Completion> {
-    let libtorch = SamplingParams {
-        kernels: Kernels::Libtorch,
-        ..params.clone()
+    let with = |kernels| {
+        let params = SamplingParams {
+            kernels,
+            ..params.clone()
+        };
+        generate(&model.transformer, prompts, &params, None).unwrap()
     };
-    let fast = generate(&model.transformer, prompts, params, None).unwrap();
-    let reference = generate(&model.transformer, prompts, &libtorch, None).unwrap();
-    let temperature = params.temperature;
-    for (row, (a, b)) in fast.iter().zip(&reference).enumerate() {
-        assert_eq!(
-            a.token_ids, b.token_ids,
-            "row {row} at temperature {temperature}"
+    let reference = with(Kernels::Libtorch);
+    let portable = with(Kernels::Portable);
+    assert_same(&portable, &reference, "portable", params.temperature);
+    if !avx2_here() {
+        assert!(
+            std::env::var("RLVR_REQUIRE_ALL").as_deref() != Ok("1"),
+            "RLVR_REQUIRE_ALL=1, but this CPU lacks AVX2/FMA: Kernels::Auto runs libtorch"
         );
-        assert_eq!(a.finish_reason, b.finish_reason);
+        println!("AVX2 decoder not compared: this CPU lacks AVX2/FMA");
+    }
+    let auto = with(Kernels::Auto);
+    assert_same(&auto, &reference, "auto", params.temperature);
+    auto
+}
+
+fn assert_same(
+    fast: &[rlvr::sample::Completion],
+    reference: &[rlvr::sample::Completion],
+    kernels: &str,
+    temperature: f64,
+) {
+    assert_eq!(fast.len(), reference.len());
+    for (row, (a, b)) in fast.iter().zip(reference).enumerate() {
+        let at = format!("{kernels} kernels, row {row} at temperature {temperature}");
+        assert_eq!(a.token_ids, b.token_ids, "{at}");
+        assert_eq!(a.finish_reason, b.finish_reason, "{at}");
         for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
-            assert!((x - y).abs() < 1e-4, "row {row}: log-prob {x} vs {y}");
+            assert!((x - y).abs() < 1e-4, "{at}: log-prob {x} vs {y}");
         }
     }
-    fast
+}
+
+/// Whether `Kernels::Auto` runs the AVX2 decoder on this CPU (else libtorch).
+fn avx2_here() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }

@@ -11,7 +11,7 @@ pub mod rl;
 mod transformers;
 
 use crate::config::run::Dtype;
-use crate::model::cpu_decoder::CpuDecoder;
+use crate::model::cpu_kernels::KernelSet;
 use crate::model::{Model, ModelConfig, position_ids_from_mask};
 use crate::sample::{self, Kernels, SamplingParams};
 use anyhow::Result;
@@ -88,14 +88,15 @@ pub fn sample(bench: &SampleBench) -> Result<()> {
     let uncached = best_of(bench.repeats.min(2), || {
         no_cache_generate(&model, &prompts, &params)
     })?;
+    // What `Kernels::Auto` ran.
+    let steps = match KernelSet::detect_avx2() {
+        Some(avx2) => format!("CPU decoder, {} kernels", avx2.name()),
+        None => "libtorch".to_string(),
+    };
     println!(
         "  rlvr                {:>9.0} tokens/s  ({cached:.3} s)   decode steps: {}",
         generated / cached,
-        if CpuDecoder::available() {
-            "CPU decoder"
-        } else {
-            "libtorch"
-        }
+        steps
     );
     println!(
         "  rlvr, libtorch steps{:>9.0} tokens/s  ({libtorch:.3} s)   rlvr / this ×{:.2}",

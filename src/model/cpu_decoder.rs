@@ -5,40 +5,39 @@
 //! a step is about 250 kernels, and at these sizes each kernel's fixed dispatch and
 //! allocation cost is as large as its arithmetic. Here a pass is a loop over the fed
 //! tokens; matrix products (against weights repacked once per decoder), attention's dot
-//! products and weighted sums, SiLU and softmax run in AVX2/FMA kernels
-//! (`cpu_kernels.rs`). Prompts go through the same code, all their tokens at once,
-//! which keeps every thread's work on its own cache rows and off libtorch.
+//! products and weighted sums, SiLU and softmax run in the kernel set the decoder was
+//! made with (`cpu_kernels/`: AVX2/FMA, or portable Rust). Prompts go through the same
+//! code, all their tokens at once, which keeps every thread's work on its own cache
+//! rows and off libtorch.
 //!
 //! The arithmetic is the transformer's (`transformer.rs`), in f32; `tests/sample.rs`
 //! checks that both paths give the same tokens and log-probs.
 
-use super::cpu_kernels::{self, PackedWeights};
+use super::cpu_kernels::{KernelSet, PackedWeights};
 use super::transformer::{Attention, DecoderLayer, Mlp, RmsNorm, Transformer};
 use anyhow::{Context, Result, bail};
 use tch::{Device, Kind, Tensor, nn};
 
-/// Borrows the floats of a contiguous f32 CPU tensor.
-fn floats(tensor: &Tensor) -> Option<&[f32]> {
-    let usable = tensor.kind() == Kind::Float
-        && tensor.device() == Device::Cpu
-        && tensor.is_contiguous()
-        && tensor.numel() > 0;
-    // SAFETY: a contiguous f32 CPU tensor holds `numel` floats from `data_ptr` on, and
-    // the slice borrows the tensor. Sampling only reads weights; nothing writes to them
-    // while a decoder lives (the model is borrowed for as long).
-    usable.then(|| unsafe {
-        std::slice::from_raw_parts(tensor.data_ptr() as *const f32, tensor.numel())
-    })
+/// A copy of the floats of an f32 CPU tensor, in row-major order. A copy rather than a
+/// view of the tensor's memory: the model's variables can be changed or freed through
+/// their `VarStore` while a decoder lives. It is made once per decoder, not per step.
+fn floats(tensor: &Tensor) -> Option<Vec<f32>> {
+    let usable =
+        tensor.kind() == Kind::Float && tensor.device() == Device::Cpu && tensor.numel() > 0;
+    if !usable {
+        return None;
+    }
+    Vec::<f32>::try_from(tensor.reshape(-1)).ok()
 }
 
 /// A weight matrix, packed for the matrix product, and its bias.
-struct Projection<'m> {
+struct Projection {
     weight: PackedWeights,
-    bias: Option<&'m [f32]>,
+    bias: Option<Vec<f32>>,
 }
 
-impl<'m> Projection<'m> {
-    fn new(linear: &'m nn::Linear) -> Option<Self> {
+impl Projection {
+    fn new(linear: &nn::Linear) -> Option<Self> {
         let &[_, inputs] = linear.ws.size().as_slice() else {
             return None;
         };
@@ -46,23 +45,27 @@ impl<'m> Projection<'m> {
             Some(bias) => Some(floats(bias)?),
             None => None,
         };
-        Some(Self::from_parts(floats(&linear.ws)?, bias, inputs as usize))
+        Some(Self::from_parts(
+            &floats(&linear.ws)?,
+            bias,
+            inputs as usize,
+        ))
     }
 
     /// `weight` [outputs, inputs] as `nn::Linear` holds it.
-    fn from_parts(weight: &[f32], bias: Option<&'m [f32]>, inputs: usize) -> Self {
+    fn from_parts(weight: &[f32], bias: Option<Vec<f32>>, inputs: usize) -> Self {
         let weight = PackedWeights::pack(weight, inputs);
-        assert!(bias.is_none_or(|b| b.len() == weight.outputs));
+        assert!(bias.as_ref().is_none_or(|b| b.len() == weight.outputs));
         Self { weight, bias }
     }
 
     /// `out` [rows, outputs] = `x` [rows, inputs] · weightᵀ + bias.
-    fn apply(&self, x: &[f32], out: &mut Vec<f32>) {
+    fn apply(&self, kernels: KernelSet, x: &[f32], out: &mut Vec<f32>) {
         let (inputs, outputs) = (self.weight.inputs, self.weight.outputs);
         out.clear();
         out.resize(x.len() / inputs * outputs, 0.0);
-        cpu_kernels::matmul(x, &self.weight, out);
-        if let Some(bias) = self.bias {
+        kernels.matmul(x, &self.weight, out);
+        if let Some(bias) = &self.bias {
             for row in out.chunks_exact_mut(outputs) {
                 row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
             }
@@ -70,13 +73,13 @@ impl<'m> Projection<'m> {
     }
 }
 
-struct Norm<'m> {
-    weight: &'m [f32],
+struct Norm {
+    weight: Vec<f32>,
     eps: f32,
 }
 
-impl<'m> Norm<'m> {
-    fn new(norm: &'m RmsNorm) -> Option<Self> {
+impl Norm {
+    fn new(norm: &RmsNorm) -> Option<Self> {
         Some(Self {
             weight: floats(&norm.weight)?,
             eps: norm.eps as f32,
@@ -84,34 +87,34 @@ impl<'m> Norm<'m> {
     }
 
     /// `out` = RMSNorm of each row of `x` [rows, hidden].
-    fn apply(&self, x: &[f32], out: &mut Vec<f32>) {
+    fn apply(&self, kernels: KernelSet, x: &[f32], out: &mut Vec<f32>) {
         out.clear();
         out.resize(x.len(), 0.0);
         let hidden = self.weight.len();
         for (row, normed) in x.chunks_exact(hidden).zip(out.chunks_exact_mut(hidden)) {
-            let mean_square = cpu_kernels::dot(row, row) / hidden as f32;
+            let mean_square = kernels.dot(row, row) / hidden as f32;
             let scale = 1.0 / (mean_square + self.eps).sqrt();
-            for ((n, v), w) in normed.iter_mut().zip(row).zip(self.weight) {
+            for ((n, v), w) in normed.iter_mut().zip(row).zip(&self.weight) {
                 *n = w * (v * scale);
             }
         }
     }
 }
 
-struct Layer<'m> {
-    input_norm: Norm<'m>,
-    q: Projection<'m>,
-    k: Projection<'m>,
-    v: Projection<'m>,
-    o: Projection<'m>,
-    post_norm: Norm<'m>,
-    gate: Projection<'m>,
-    up: Projection<'m>,
-    down: Projection<'m>,
+struct Layer {
+    input_norm: Norm,
+    q: Projection,
+    k: Projection,
+    v: Projection,
+    o: Projection,
+    post_norm: Norm,
+    gate: Projection,
+    up: Projection,
+    down: Projection,
 }
 
-impl<'m> Layer<'m> {
-    fn new(layer: &'m DecoderLayer) -> Option<Self> {
+impl Layer {
+    fn new(layer: &DecoderLayer) -> Option<Self> {
         let Attention {
             q_proj,
             k_proj,
@@ -163,11 +166,13 @@ struct Work {
     scores: Vec<f32>,
 }
 
-pub(crate) struct CpuDecoder<'m> {
-    embed: &'m [f32],
-    layers: Vec<Layer<'m>>,
-    norm: Norm<'m>,
-    head: Projection<'m>,
+pub(crate) struct CpuDecoder {
+    /// The kernels every pass runs; the picks of its logits use the same.
+    kernels: KernelSet,
+    embed: Vec<f32>,
+    layers: Vec<Layer>,
+    norm: Norm,
+    head: Projection,
     hidden: usize,
     heads: usize,
     kv_heads: usize,
@@ -178,24 +183,21 @@ pub(crate) struct CpuDecoder<'m> {
     sin: Vec<f32>,
 }
 
-impl<'m> CpuDecoder<'m> {
-    /// Whether this CPU can run the decoder (it needs AVX2 and FMA).
-    pub(crate) fn available() -> bool {
-        cpu_kernels::available()
-    }
-
-    /// A decoder for positions below `max_positions`, or `None` when the model is not
-    /// an f32 model on the CPU with contiguous weights or the CPU lacks AVX2/FMA.
-    pub(crate) fn new(model: &'m Transformer, max_positions: usize) -> Option<Self> {
-        if !cpu_kernels::available() {
-            return None;
-        }
+impl CpuDecoder {
+    /// A decoder for positions below `max_positions` that runs `kernels`, or `None` when
+    /// the model is not an f32 model on the CPU. The weights are copied (and the
+    /// matrices repacked) here, once.
+    pub(crate) fn new(
+        model: &Transformer,
+        max_positions: usize,
+        kernels: KernelSet,
+    ) -> Option<Self> {
         let config = &model.config;
         let (hidden, vocab) = (config.hidden_size, config.vocab_size);
         let embed = floats(&model.embed_tokens.ws)?;
         let head = match &model.lm_head {
             Some(head) => Projection::new(head)?,
-            None => Projection::from_parts(embed, None, hidden),
+            None => Projection::from_parts(&embed, None, hidden),
         };
         let layers = model
             .layers
@@ -205,6 +207,7 @@ impl<'m> CpuDecoder<'m> {
         let positions = Tensor::arange(max_positions as i64, (Kind::Int64, Device::Cpu));
         let (cos, sin) = model.rotary.cos_sin(&positions.unsqueeze(0), Kind::Float);
         Some(Self {
+            kernels,
             embed,
             layers,
             norm: Norm::new(&model.norm)?,
@@ -217,6 +220,11 @@ impl<'m> CpuDecoder<'m> {
             cos: Vec::try_from(cos.reshape(-1)).ok()?,
             sin: Vec::try_from(sin.reshape(-1)).ok()?,
         })
+    }
+
+    /// The kernels this decoder runs.
+    pub(crate) fn kernels(&self) -> KernelSet {
+        self.kernels
     }
 
     /// An empty cache for `rows` rows of up to `capacity` positions each.
@@ -267,22 +275,23 @@ impl<'m> CpuDecoder<'m> {
             }
         }
         let mut work = std::mem::take(&mut cache.work);
+        let kernels = self.kernels;
         for (index, layer) in self.layers.iter().enumerate() {
-            layer.input_norm.apply(&x, &mut work.normed);
-            layer.q.apply(&work.normed, &mut work.q);
-            layer.k.apply(&work.normed, &mut work.k);
-            layer.v.apply(&work.normed, &mut work.v);
+            layer.input_norm.apply(kernels, &x, &mut work.normed);
+            layer.q.apply(kernels, &work.normed, &mut work.q);
+            layer.k.apply(kernels, &work.normed, &mut work.k);
+            layer.v.apply(kernels, &work.normed, &mut work.v);
             self.rotate(&mut work.q, &entries);
             self.rotate(&mut work.k, &entries);
             self.store(cache, index, &entries, &work.k, &work.v);
             self.attend(cache, index, &entries, &mut work);
-            layer.o.apply(&work.attended, &mut work.projected);
+            layer.o.apply(kernels, &work.attended, &mut work.projected);
             add(&mut x, &work.projected);
-            layer.post_norm.apply(&x, &mut work.normed);
-            layer.gate.apply(&work.normed, &mut work.gate);
-            layer.up.apply(&work.normed, &mut work.up);
-            cpu_kernels::silu_times(&mut work.gate, &work.up);
-            layer.down.apply(&work.gate, &mut work.projected);
+            layer.post_norm.apply(kernels, &x, &mut work.normed);
+            layer.gate.apply(kernels, &work.normed, &mut work.gate);
+            layer.up.apply(kernels, &work.normed, &mut work.up);
+            kernels.silu_times(&mut work.gate, &work.up);
+            layer.down.apply(kernels, &work.gate, &mut work.projected);
             add(&mut x, &work.projected);
         }
         // Only each row's last token needs logits.
@@ -293,9 +302,9 @@ impl<'m> CpuDecoder<'m> {
             last.extend_from_slice(&x[(end - 1) * self.hidden..][..self.hidden]);
             cache.lens[row] += row_tokens.len();
         }
-        self.norm.apply(&last, &mut work.normed);
+        self.norm.apply(kernels, &last, &mut work.normed);
         let mut logits = Vec::new();
-        self.head.apply(&work.normed, &mut logits);
+        self.head.apply(kernels, &work.normed, &mut logits);
         cache.work = work;
         Ok(logits)
     }
@@ -361,10 +370,10 @@ impl<'m> CpuDecoder<'m> {
                 let values = &cache.values[layer][base..base + len * dim];
                 let query = &q[(i * self.heads + head) * dim..][..dim];
                 scores.resize(len, 0.0);
-                cpu_kernels::dots(query, keys, scores);
-                cpu_kernels::softmax(scores, scale);
+                self.kernels.dots(query, keys, scores);
+                self.kernels.softmax(scores, scale);
                 let output = &mut out[(i * self.heads + head) * dim..][..dim];
-                cpu_kernels::weighted_sum(scores, values, output);
+                self.kernels.weighted_sum(scores, values, output);
             }
         }
     }

@@ -11,7 +11,8 @@ mod steps;
 
 use crate::model::Transformer;
 use crate::model::cpu_decoder::CpuDecoder;
-use anyhow::{Result, bail};
+use crate::model::cpu_kernels::KernelSet;
+use anyhow::{Context, Result, bail};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use steps::{CpuSteps, DecodeSteps, LibtorchSteps, Logits, Prefill};
@@ -34,10 +35,14 @@ pub struct SamplingParams {
 /// What runs the forward passes of sampling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kernels {
-    /// Plain Rust for f32 models on a CPU with AVX2/FMA (several times faster there),
-    /// libtorch otherwise.
+    /// The plain-Rust decoder with AVX2/FMA kernels for f32 models on a CPU that has
+    /// them (several times faster there), libtorch otherwise.
     #[default]
     Auto,
+    /// The plain-Rust decoder with its portable kernels, on any CPU; an error for a
+    /// model that is not f32 on the CPU. It keeps the decoder tested where AVX2 is
+    /// missing.
+    Portable,
     /// Always libtorch's forward.
     Libtorch,
 }
@@ -94,12 +99,12 @@ const MIN_ROWS_PER_THREAD: usize = 8;
 /// Generates one completion per prompt.
 ///
 /// For an f32 model on a CPU, prompts and decode steps run in plain Rust
-/// ([`CpuDecoder`]), the batch split into one shard per libtorch thread, each run by
-/// its own thread from prompt to last token: a decode step is a long chain of small
-/// operations that one thread runs best. Every row draws from its own random stream
-/// (seed, row), so a row's sample does not depend on the shard it lands in. Other
-/// models run the left-padded prompts in one batch and decode with libtorch's forward
-/// and KV cache.
+/// ([`CpuDecoder`]; [`Kernels`] says with which kernels, and when), the batch split
+/// into one shard per libtorch thread, each run by its own thread from prompt to last
+/// token: a decode step is a long chain of small operations that one thread runs best.
+/// Every row draws from its own random stream (seed, row), so a row's sample does not
+/// depend on the shard it lands in. Other models run the left-padded prompts in one
+/// batch and decode with libtorch's forward and KV cache.
 pub fn generate(
     model: &Transformer,
     prompts: &[Vec<i64>],
@@ -112,10 +117,7 @@ pub fn generate(
     }
     tch::no_grad(|| {
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        let cpu = match params.kernels {
-            Kernels::Auto => CpuDecoder::new(model, longest + params.max_new_tokens),
-            Kernels::Libtorch => None,
-        };
+        let cpu = cpu_decoder(model, longest + params.max_new_tokens, params.kernels)?;
         let Some(cpu) = cpu else {
             let prefill = Prefill::run(model, prompts, params.max_new_tokens)?;
             let logits = Logits::Tensor(prefill.logits.shallow_clone());
@@ -153,6 +155,25 @@ pub fn generate(
             completions.extend(shard?);
         }
         Ok(completions)
+    })
+}
+
+/// The plain-Rust decoder `kernels` asks for, for positions below `positions`; `None`
+/// means libtorch runs the passes.
+fn cpu_decoder(
+    model: &Transformer,
+    positions: usize,
+    kernels: Kernels,
+) -> Result<Option<CpuDecoder>> {
+    Ok(match kernels {
+        Kernels::Auto => {
+            KernelSet::detect_avx2().and_then(|avx2| CpuDecoder::new(model, positions, avx2))
+        }
+        Kernels::Portable => Some(
+            CpuDecoder::new(model, positions, KernelSet::portable())
+                .context("the portable CPU decoder needs an f32 model on the CPU")?,
+        ),
+        Kernels::Libtorch => None,
     })
 }
 

@@ -5,7 +5,7 @@
 
 use super::SamplingParams;
 use super::steps::Logits;
-use crate::model::cpu_kernels;
+use crate::model::cpu_kernels::KernelSet;
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
@@ -17,8 +17,10 @@ pub(super) fn pick(
 ) -> Result<(Vec<i64>, Vec<f32>)> {
     let filtered = params.top_k > 0 || params.top_p < 1.0;
     let logits = match logits {
-        Logits::Rows(values) if !filtered => return Ok(pick_in_rows(&values, params, uniforms)),
-        Logits::Rows(values) => Tensor::from_slice(&values).reshape([uniforms.len() as i64, -1]),
+        Logits::Rows(values, kernels) if !filtered => {
+            return Ok(pick_in_rows(&values, kernels, params, uniforms));
+        }
+        Logits::Rows(values, _) => Tensor::from_slice(&values).reshape([uniforms.len() as i64, -1]),
         Logits::Tensor(tensor) => tensor,
     };
     let (tokens, logprobs) = pick_tokens(&logits.to_kind(Kind::Float), params, uniforms);
@@ -27,8 +29,13 @@ pub(super) fn pick(
 
 /// [`pick_tokens`] without top-k / top-p, on floats: a decode step of a small model
 /// is short enough that the dozen libtorch kernels of a pick would cost a tenth of it.
-/// Rows come only from the CPU decoder, so the CPU kernels are available.
-fn pick_in_rows(logits: &[f32], params: &SamplingParams, uniforms: &[f64]) -> (Vec<i64>, Vec<f32>) {
+/// `kernels` is the set of the decoder that produced the rows.
+fn pick_in_rows(
+    logits: &[f32],
+    kernels: KernelSet,
+    params: &SamplingParams,
+    uniforms: &[f64],
+) -> (Vec<i64>, Vec<f32>) {
     let vocab = logits.len() / uniforms.len();
     let greedy = params.temperature == 0.0;
     let temperature = if greedy {
@@ -41,7 +48,7 @@ fn pick_in_rows(logits: &[f32], params: &SamplingParams, uniforms: &[f64]) -> (V
     let mut weights = vec![0.0f32; vocab];
     for (row, &uniform) in logits.chunks_exact(vocab).zip(uniforms) {
         weights.copy_from_slice(row);
-        let (largest, total) = cpu_kernels::exp_from_max(&mut weights, 1.0 / temperature);
+        let (largest, total) = kernels.exp_from_max(&mut weights, 1.0 / temperature);
         let max = largest / temperature;
         let token = if greedy {
             // The first of equal maxima, as libtorch's argmax.
@@ -142,6 +149,7 @@ fn filter_top_k_top_p(logits: &Tensor, top_k: usize, top_p: f64) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::cpu_kernels;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
@@ -162,7 +170,18 @@ mod tests {
     }
 
     #[test]
-    fn rows_in_rust_pick_as_libtorch_does() {
+    fn rows_in_rust_pick_as_libtorch_does_with_portable_kernels() {
+        rows_in_rust_pick_as_libtorch_does(KernelSet::portable());
+    }
+
+    #[test]
+    fn rows_in_rust_pick_as_libtorch_does_with_avx2_kernels() {
+        if let Some(avx2) = cpu_kernels::avx2_under_test() {
+            rows_in_rust_pick_as_libtorch_does(avx2);
+        }
+    }
+
+    fn rows_in_rust_pick_as_libtorch_does(kernels: KernelSet) {
         let values = [0.5f32, 2.0, -1.0, 2.0, 0.1, 1.0, 1.5, -3.0];
         let logits = Tensor::from_slice(&values).reshape([2, 4]);
         for temperature in [0.0, 0.7, 1.0] {
@@ -172,11 +191,12 @@ mod tests {
             };
             for uniforms in [[0.1, 0.9], [0.5, 0.0], [0.999, 0.3]] {
                 let (tokens, logprobs) = pick_tokens(&logits, &params, &uniforms);
-                let (rust_tokens, rust_logprobs) = pick_in_rows(&values, &params, &uniforms);
+                let (rust_tokens, rust_logprobs) =
+                    pick_in_rows(&values, kernels, &params, &uniforms);
                 assert_eq!(Vec::<i64>::try_from(tokens).unwrap(), rust_tokens);
                 let logprobs = Vec::<f32>::try_from(logprobs).unwrap();
                 for (a, b) in logprobs.iter().zip(&rust_logprobs) {
-                    assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+                    assert!((a - b).abs() < 1e-6, "{}: {a} vs {b}", kernels.name());
                 }
             }
         }

@@ -3,14 +3,16 @@
 //! [`CpuDecoder`]'s (prompts and steps alike).
 
 use crate::model::cpu_decoder::{CpuCache, CpuDecoder};
+use crate::model::cpu_kernels::KernelSet;
 use crate::model::{KvCache, Transformer, position_ids_from_mask};
 use anyhow::Result;
 use tch::{Device, Tensor};
 
-/// Next-token logits [rows, vocab]: a tensor, or floats in row-major order.
+/// Next-token logits [rows, vocab]: a tensor, or floats in row-major order from the CPU
+/// decoder with the kernel set it ran, which the pick then uses too.
 pub(super) enum Logits {
     Tensor(Tensor),
-    Rows(Vec<f32>),
+    Rows(Vec<f32>, KernelSet),
 }
 
 /// The prompts after one batched forward: their last logits and the KV cache.
@@ -109,8 +111,8 @@ impl DecodeSteps for LibtorchSteps<'_> {
     }
 }
 
-pub(super) struct CpuSteps<'d, 'm> {
-    pub(super) decoder: &'d CpuDecoder<'m>,
+pub(super) struct CpuSteps<'d> {
+    pub(super) decoder: &'d CpuDecoder,
     pub(super) cache: CpuCache,
 }
 
@@ -118,7 +120,7 @@ pub(super) struct CpuSteps<'d, 'm> {
 /// longer batches go in pieces (a row continues where its last piece ended).
 const PROMPT_TOKENS_PER_FEED: usize = 4096;
 
-impl CpuSteps<'_, '_> {
+impl CpuSteps<'_> {
     /// Feeds every prompt, prompt i to cache row i; returns their next-token logits.
     pub(super) fn prompts(&mut self, prompts: &[Vec<i64>]) -> Result<Logits> {
         let mut logits = Vec::new();
@@ -145,15 +147,15 @@ impl CpuSteps<'_, '_> {
                 }
             }
         }
-        Ok(Logits::Rows(logits))
+        Ok(Logits::Rows(logits, self.decoder.kernels()))
     }
 }
 
-impl DecodeSteps for CpuSteps<'_, '_> {
+impl DecodeSteps for CpuSteps<'_> {
     fn next(&mut self, active: &[usize], keep: &[usize], tokens: &[i64]) -> Result<Logits> {
         let rows: Vec<usize> = keep.iter().map(|&row| active[row]).collect();
         let tokens: Vec<&[i64]> = tokens.iter().map(std::slice::from_ref).collect();
         let logits = self.decoder.feed(&mut self.cache, &rows, &tokens)?;
-        Ok(Logits::Rows(logits))
+        Ok(Logits::Rows(logits, self.decoder.kernels()))
     }
 }

@@ -12,7 +12,7 @@ use crate::data::functions::{self, FunctionParams};
 use crate::eval::EvalSettings;
 use crate::tokenizer::{Message, Tokenizer};
 use crate::train::{self, StartOptions};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -23,7 +23,7 @@ const EVAL_SAMPLES: usize = 4;
 const VOCAB_SIZE: usize = 400;
 
 /// Which story the demo tells.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DemoTask {
     /// Multi-digit addition with worked steps, graded by the math verifier.
     Arithmetic,
@@ -135,13 +135,19 @@ fn to_items<T: serde::Serialize>(
         .collect()
 }
 
-pub fn run(fresh: bool, task: DemoTask) -> Result<()> {
-    // The stage configs name paths relative to the folder holding configs/: the
-    // current one when it has the demo's configs (a user's copy), else this repository.
+/// Runs the demo from `root`, the folder that holds `configs/` and `tasks/` (a checkout
+/// of rlvr, or a copy of those folders); its runs go to `root/runs/`.
+pub fn run(root: &Path, fresh: bool, task: DemoTask) -> Result<()> {
     let story = task.story();
-    if !Path::new(story.configs).is_dir() {
-        std::env::set_current_dir(env!("CARGO_MANIFEST_DIR"))?;
+    if !root.join(story.configs).is_dir() {
+        bail!(
+            "{}: no {}/ here; run the demo from the rlvr folder or pass --root DIR",
+            root.display(),
+            story.configs
+        );
     }
+    // The stage configs name their paths relative to the folder that holds them.
+    std::env::set_current_dir(root).with_context(|| format!("cannot enter {}", root.display()))?;
     let started = Instant::now();
     let dir = PathBuf::from(story.dir);
     if fresh && dir.exists() {
@@ -150,7 +156,7 @@ pub fn run(fresh: bool, task: DemoTask) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
 
     stage(1, "environment");
-    crate::cli::print_env()?;
+    crate::env_report::print()?;
 
     stage(2, "shipped configs and tasks");
     check_shipped_configs()?;
@@ -174,7 +180,7 @@ pub fn run(fresh: bool, task: DemoTask) -> Result<()> {
     );
     let sft = run_stage(&config("sft"), train::sft::run)?;
     stage(7, "GRPO against the task's verifiable rewards");
-    let rl = run_stage(&config("grpo"), train::grpo::run)?;
+    let rl = run_stage(&config("grpo"), train::rl)?;
 
     stage(8, "SFT versus RL on the held-out items");
     println!(
@@ -249,8 +255,9 @@ fn stage(number: usize, title: &str) {
     println!("\n[demo {number}] {title}");
 }
 
+/// Every config and task under the current folder (the demo's root) loads.
 fn check_shipped_configs() -> Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = Path::new(".");
     for (folder, is_task) in [("configs", false), ("tasks", true)] {
         let mut paths: Vec<_> = std::fs::read_dir(root.join(folder))
             .with_context(|| format!("cannot list {folder}/"))?

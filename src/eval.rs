@@ -12,14 +12,15 @@
 //! graded, the per-item results are saved and no accuracy is reported.
 
 use crate::config::TaskConfig;
-use crate::config::run::{Dtype, OnBadRecord};
+use crate::config::run::OnBadRecord;
+use crate::data::order::step_seed;
+use crate::data::prompts::{Prompt, load_prompts};
 use crate::model::Model;
 use crate::reward::math::{MathOptions, extract_answer};
 use crate::reward::{RewardSet, Sample, Scored};
 use crate::sample::{self, Completion, SamplingParams};
 use crate::tokenizer::Tokenizer;
-use crate::train::batch::step_seed;
-use crate::train::rollout::{Prompt, load_prompts, stop_token_ids};
+use crate::types::Dtype;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -131,7 +132,7 @@ pub fn evaluate(model_dir: &Path, task_path: &Path, settings: &EvalSettings) -> 
     let out = results_dir(model_dir, &task.name);
     let key = inputs_key(model_dir, &task, task_path)?;
     match load_saved(&out, settings, &key)? {
-        Saved::Usable(saved) => return Ok(saved),
+        Saved::Usable(saved) => return Ok(*saved),
         Saved::Stale(why) => eprintln!(
             "eval: recomputing {} ({why})",
             out.join("summary.json").display()
@@ -151,7 +152,7 @@ pub fn evaluate(model_dir: &Path, task_path: &Path, settings: &EvalSettings) -> 
     let task_dir = task_path.parent().unwrap_or(Path::new("."));
     let rewards = RewardSet::from_task(&task, task_dir)?;
     let names: Vec<String> = rewards.names().iter().map(|s| s.to_string()).collect();
-    let stop = stop_token_ids(&model, &tokenizer);
+    let stop = sample::stop_token_ids(model.config(), &tokenizer);
     let params = |temperature: f64, seed: u64| SamplingParams {
         max_new_tokens: settings.max_new_tokens,
         temperature,
@@ -160,60 +161,23 @@ pub fn evaluate(model_dir: &Path, task_path: &Path, settings: &EvalSettings) -> 
         ..SamplingParams::default()
     };
 
-    let greedy_rows: Vec<usize> = (0..prompts.len()).collect();
-    let greedy = run_rows(
-        &model,
-        &tokenizer,
-        &rewards,
-        &prompts,
-        &greedy_rows,
-        |chunk| params(0.0, step_seed(settings.seed, chunk, 0)),
-    )?;
+    let run = |rows: &[usize], temperature: f64, stream: u64| {
+        run_rows(&model, &tokenizer, &rewards, &prompts, rows, |chunk| {
+            params(temperature, step_seed(settings.seed, chunk, stream))
+        })
+    };
+    let greedy = run(&(0..prompts.len()).collect::<Vec<_>>(), 0.0, 0)?;
     let sample_rows: Vec<usize> = (0..prompts.len())
         .flat_map(|i| std::iter::repeat_n(i, settings.samples))
         .collect();
-    let sampled = run_rows(
-        &model,
-        &tokenizer,
-        &rewards,
-        &prompts,
-        &sample_rows,
-        |chunk| params(settings.temperature, step_seed(settings.seed, chunk, 1)),
-    )?;
+    let sampled = run(&sample_rows, settings.temperature, 1)?;
 
     let items: Vec<ItemResult> = prompts
         .iter()
         .enumerate()
         .map(|(i, prompt)| {
-            let (completion, text, scored) = &greedy[i];
             let samples = &sampled[i * settings.samples..(i + 1) * settings.samples];
-            let sample_correct: Vec<bool> = samples.iter().map(|(_, _, s)| s.solved()).collect();
-            let sample_failures: Vec<String> =
-                samples.iter().filter_map(|(_, _, s)| failure(s)).collect();
-            ItemResult {
-                index: i,
-                prompt: prompt.text.clone(),
-                category: prompt
-                    .record
-                    .get("category")
-                    .and_then(Value::as_str)
-                    .map(String::from),
-                greedy_completion: text.clone(),
-                greedy_correct: scored.solved(),
-                greedy_rewards: names
-                    .iter()
-                    .zip(&scored.per_function)
-                    .filter(|(_, s)| s.infra_error.is_none())
-                    .map(|(name, s)| (name.clone(), s.value))
-                    .collect(),
-                greedy_ungraded: failure(scored),
-                samples_ungraded: sample_failures.len(),
-                sample_ungraded_reason: sample_failures.into_iter().next(),
-                greedy_tokens: completion.token_ids.len(),
-                samples_correct: sample_correct.iter().filter(|&&c| c).count(),
-                sample_answers: samples.iter().map(|(_, t, _)| final_answer(t)).collect(),
-                sample_correct,
-            }
+            item_result(i, prompt, &greedy[i], samples, &names)
         })
         .collect();
     save_items(&out, &items)?;
@@ -329,6 +293,42 @@ fn files_stamp(dir: &Path) -> String {
 }
 
 type Row = (Completion, String, Scored);
+
+/// One item's results from its greedy completion and its samples.
+fn item_result(
+    index: usize,
+    prompt: &Prompt,
+    (completion, text, scored): &Row,
+    samples: &[Row],
+    names: &[String],
+) -> ItemResult {
+    let sample_correct: Vec<bool> = samples.iter().map(|(_, _, s)| s.solved()).collect();
+    let sample_failures: Vec<String> = samples.iter().filter_map(|(_, _, s)| failure(s)).collect();
+    ItemResult {
+        index,
+        prompt: prompt.text.clone(),
+        category: prompt
+            .record
+            .get("category")
+            .and_then(Value::as_str)
+            .map(String::from),
+        greedy_completion: text.clone(),
+        greedy_correct: scored.solved(),
+        greedy_rewards: names
+            .iter()
+            .zip(&scored.per_function)
+            .filter(|(_, s)| s.infra_error.is_none())
+            .map(|(name, s)| (name.clone(), s.value))
+            .collect(),
+        greedy_ungraded: failure(scored),
+        samples_ungraded: sample_failures.len(),
+        sample_ungraded_reason: sample_failures.into_iter().next(),
+        greedy_tokens: completion.token_ids.len(),
+        samples_correct: sample_correct.iter().filter(|&&c| c).count(),
+        sample_answers: samples.iter().map(|(_, t, _)| final_answer(t)).collect(),
+        sample_correct,
+    }
+}
 
 /// Generates and scores one completion per entry of `rows` (prompt indices), in
 /// chunks whose sampling parameters depend only on the chunk number.
@@ -471,7 +471,7 @@ enum Saved {
     None,
     /// Saved results made from other inputs, and which.
     Stale(&'static str),
-    Usable(Evaluation),
+    Usable(Box<Evaluation>),
 }
 
 fn load_saved(dir: &Path, settings: &EvalSettings, key: &str) -> Result<Saved> {
@@ -500,11 +500,11 @@ fn load_saved(dir: &Path, settings: &EvalSettings, key: &str) -> Result<Saved> {
     if items.len() != summary.items {
         return Ok(Saved::Stale("items.jsonl does not match the summary"));
     }
-    Ok(Saved::Usable(Evaluation {
+    Ok(Saved::Usable(Box::new(Evaluation {
         summary,
         items,
         reused: true,
-    }))
+    })))
 }
 
 /// The summary as a short text block for the terminal.

@@ -1,10 +1,10 @@
 //! Commands for looking at a model and its tokenizer: `rlvr tokenize`, `rlvr logprobs`
 //! and `rlvr sample`.
 
-use crate::config::run::Dtype;
 use crate::model::{Model, position_ids_from_mask};
 use crate::sample::{self, SamplingParams};
 use crate::tokenizer::{Message, Tokenizer};
+use crate::types::Dtype;
 use anyhow::{Context, Result, bail};
 use std::io::IsTerminal;
 use std::path::Path;

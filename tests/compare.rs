@@ -47,7 +47,7 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         ),
     )
     .unwrap();
-    let tuned = train::grpo::run(&RunConfig::load(&rl).unwrap(), StartOptions::default()).unwrap();
+    let tuned = train::rl(&RunConfig::load(&rl).unwrap(), StartOptions::default()).unwrap();
     (base, tuned, task)
 }
 

@@ -72,7 +72,7 @@ fn ungraded_completions_leave_the_update_and_are_counted() {
         &task,
         "beta: 0.0\n  max_ungraded_rate: 1.0",
     );
-    let model = train::grpo::run(&config, StartOptions::default()).unwrap();
+    let model = train::rl(&config, StartOptions::default()).unwrap();
     let rows = metrics(&config.run_dir());
     let ungraded: f64 = rows.iter().map(|r| r["ungraded"].as_f64().unwrap()).sum();
     assert!(
@@ -110,7 +110,7 @@ fn an_rl_run_stops_when_too_many_completions_are_ungraded() {
             overwrite: true,
             ..StartOptions::default()
         };
-        let error = format!("{:#}", train::grpo::run(&config, options).unwrap_err());
+        let error = format!("{:#}", train::rl(&config, options).unwrap_err());
         assert!(
             error.contains("could not be graded")
                 && error.contains("rl.max_ungraded_rate = 0.05")

@@ -18,7 +18,7 @@ fn grpo_raises_the_reward_of_a_tiny_model() {
     let dir = tempfile::tempdir().unwrap();
     let path = rl_config(dir.path(), "out", "beta: 0.0", "max_steps: 24", 2e-2);
     let config = RunConfig::load(&path).unwrap();
-    let final_model = train::grpo::run(&config, StartOptions::default()).unwrap();
+    let final_model = train::rl(&config, StartOptions::default()).unwrap();
     assert!(final_model.join("model.safetensors").exists());
     let rows = metrics(&config.run_dir());
     assert_eq!(rows.len(), 24);
@@ -122,7 +122,7 @@ fn ppo_with_a_value_head_raises_the_reward_and_resumes() {
         2e-2,
     );
     let config = RunConfig::load(&path).unwrap();
-    let model = train::grpo::run(&config, StartOptions::default()).unwrap();
+    let model = train::rl(&config, StartOptions::default()).unwrap();
     let rows = metrics(&config.run_dir());
     let (first, last) = (mean(&rows[..8], "reward"), mean(&rows[32..], "reward"));
     eprintln!("PPO mean reward: first 8 steps {first:.3}, last 8 steps {last:.3}");
@@ -155,7 +155,7 @@ fn ppo_with_a_value_head_raises_the_reward_and_resumes() {
         dir: config.run_dir(),
     };
     std::fs::remove_dir_all(run.checkpoint_dir(40)).unwrap();
-    train::grpo::run(
+    train::rl(
         &config,
         StartOptions {
             resume: true,
@@ -196,7 +196,7 @@ fn ppo_can_train_a_separate_critic() {
             assert!(value.equal(&variables[source]), "{name} is not a copy");
         }
     }
-    let model = train::grpo::run(&config, StartOptions::default()).unwrap();
+    let model = train::rl(&config, StartOptions::default()).unwrap();
     let rows = metrics(&config.run_dir());
     assert!(
         rows.iter()

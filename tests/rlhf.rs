@@ -121,7 +121,7 @@ fn a_reward_model_learns_synthetic_preferences_and_scores_a_task() {
         model = model.display()
     );
     let config = RunConfig::load(&write_config(dir.path(), "rlhf-run", &body)).unwrap();
-    train::grpo::run(&config, StartOptions::default()).unwrap();
+    train::rl(&config, StartOptions::default()).unwrap();
     let rows = metrics(&config.run_dir());
     let (first, last) = (mean(&rows[..4], "reward"), mean(&rows[56..], "reward"));
     eprintln!("PPO against the reward model: reward {first:.3} → {last:.3}");

@@ -138,7 +138,7 @@ fn a_task_row_without_its_answer_is_named() {
         model = model.display()
     );
     let config = RunConfig::load(&write_config(dir.path(), "r", &body)).unwrap();
-    let error = train::grpo::run(&config, StartOptions::default()).unwrap_err();
+    let error = train::rl(&config, StartOptions::default()).unwrap_err();
     let message = format!("{error:#}");
     assert!(
         message.contains("task.yaml record 2: no answer field `answer`"),
@@ -188,7 +188,7 @@ fn configs_that_do_not_fit_the_model_are_refused() {
     let config = RunConfig::load(&write_config(dir.path(), "k", &body)).unwrap();
     let message = format!(
         "{:#}",
-        train::grpo::run(&config, StartOptions::default()).unwrap_err()
+        train::rl(&config, StartOptions::default()).unwrap_err()
     );
     assert!(message.contains("model.reference"), "{message}");
 }

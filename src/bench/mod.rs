@@ -10,10 +10,10 @@ pub mod rewards;
 pub mod rl;
 mod transformers;
 
-use crate::config::run::Dtype;
 use crate::model::cpu_kernels::KernelSet;
 use crate::model::{Model, ModelConfig, position_ids_from_mask};
 use crate::sample::{self, Kernels, SamplingParams};
+use crate::types::Dtype;
 use anyhow::Result;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};

@@ -5,13 +5,13 @@
 //! `scripts/python-env.sh` has trl (RLVR_WITH_TRL=1). Both stop at `<|end|>`.
 
 use super::{bench_model_config, tail, tempfile_dir};
-use crate::config::run::Dtype;
 use crate::config::{RunConfig, TaskConfig};
+use crate::data::prompts::{Prompt, load_prompts};
 use crate::model::Model;
 use crate::run::RunDir;
 use crate::tokenizer::Tokenizer;
-use crate::train::rollout::{Prompt, load_prompts};
 use crate::train::{self, StartOptions};
+use crate::types::Dtype;
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 use tch::Device;
@@ -79,7 +79,7 @@ fn run_both(bench: &RlBench, dir: &Path) -> Result<()> {
         bench.steps - bench.warmup,
         bench.warmup
     );
-    train::grpo::run(&config, StartOptions::default())?;
+    train::rl(&config, StartOptions::default())?;
     let rows = RunDir::read_metrics(&config.run_dir())?;
     let rows = &rows[bench.warmup..];
     let median = |key: &str| -> Result<f64> {

@@ -5,6 +5,7 @@
 //! schemas themselves live in `run.rs` (run configs) and `task.rs` (task files).
 
 pub(crate) mod checks;
+pub mod files;
 pub mod run;
 pub mod task;
 

@@ -99,10 +99,10 @@ pub struct RewardSpec {
     pub setup_field: Option<String>,
     /// code, script: cpython (default) or micropython.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub runtime: Option<crate::reward::sandbox::Runtime>,
+    pub runtime: Option<crate::types::Runtime>,
     /// code: all_pass (default) or fraction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scoring: Option<crate::reward::code::CodeScoring>,
+    pub scoring: Option<crate::types::CodeScoring>,
     /// code, script: sandbox limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fuel: Option<u64>,

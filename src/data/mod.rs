@@ -4,6 +4,9 @@
 pub mod arithmetic;
 pub mod countdown;
 pub mod functions;
+pub mod order;
+pub mod padding;
+pub mod prompts;
 
 use crate::config::TaskConfig;
 use anyhow::{Context, Result, bail};

@@ -7,7 +7,7 @@
 
 use super::config::ModelConfig;
 use super::transformer::Transformer;
-use crate::config::run::Dtype;
+use crate::types::Dtype;
 use anyhow::{Context, Result, bail};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

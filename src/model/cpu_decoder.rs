@@ -14,9 +14,9 @@
 //! checks that both paths give the same tokens and log-probs.
 
 use super::cpu_kernels::{KernelSet, PackedWeights};
-use super::transformer::{Attention, DecoderLayer, Mlp, RmsNorm, Transformer};
+use super::transformer::{LayerView, LinearView, NormView, Transformer};
 use anyhow::{Context, Result, bail};
-use tch::{Device, Kind, Tensor, nn};
+use tch::{Device, Kind, Tensor};
 
 /// A copy of the floats of an f32 CPU tensor, in row-major order. A copy rather than a
 /// view of the tensor's memory: the model's variables can be changed or freed through
@@ -37,16 +37,16 @@ struct Projection {
 }
 
 impl Projection {
-    fn new(linear: &nn::Linear) -> Option<Self> {
-        let &[_, inputs] = linear.ws.size().as_slice() else {
+    fn new(linear: &LinearView) -> Option<Self> {
+        let &[_, inputs] = linear.weight.size().as_slice() else {
             return None;
         };
-        let bias = match &linear.bs {
+        let bias = match linear.bias {
             Some(bias) => Some(floats(bias)?),
             None => None,
         };
         Some(Self::from_parts(
-            &floats(&linear.ws)?,
+            &floats(linear.weight)?,
             bias,
             inputs as usize,
         ))
@@ -79,9 +79,9 @@ struct Norm {
 }
 
 impl Norm {
-    fn new(norm: &RmsNorm) -> Option<Self> {
+    fn new(norm: &NormView) -> Option<Self> {
         Some(Self {
-            weight: floats(&norm.weight)?,
+            weight: floats(norm.weight)?,
             eps: norm.eps as f32,
         })
     }
@@ -114,29 +114,17 @@ struct Layer {
 }
 
 impl Layer {
-    fn new(layer: &DecoderLayer) -> Option<Self> {
-        let Attention {
-            q_proj,
-            k_proj,
-            v_proj,
-            o_proj,
-            ..
-        } = &layer.self_attn;
-        let Mlp {
-            gate_proj,
-            up_proj,
-            down_proj,
-        } = &layer.mlp;
+    fn new(layer: &LayerView) -> Option<Self> {
         Some(Self {
-            input_norm: Norm::new(&layer.input_layernorm)?,
-            q: Projection::new(q_proj)?,
-            k: Projection::new(k_proj)?,
-            v: Projection::new(v_proj)?,
-            o: Projection::new(o_proj)?,
-            post_norm: Norm::new(&layer.post_attention_layernorm)?,
-            gate: Projection::new(gate_proj)?,
-            up: Projection::new(up_proj)?,
-            down: Projection::new(down_proj)?,
+            input_norm: Norm::new(&layer.input_norm)?,
+            q: Projection::new(&layer.q)?,
+            k: Projection::new(&layer.k)?,
+            v: Projection::new(&layer.v)?,
+            o: Projection::new(&layer.o)?,
+            post_norm: Norm::new(&layer.post_norm)?,
+            gate: Projection::new(&layer.gate)?,
+            up: Projection::new(&layer.up)?,
+            down: Projection::new(&layer.down)?,
         })
     }
 }
@@ -194,23 +182,24 @@ impl CpuDecoder {
     ) -> Option<Self> {
         let config = &model.config;
         let (hidden, vocab) = (config.hidden_size, config.vocab_size);
-        let embed = floats(&model.embed_tokens.ws)?;
-        let head = match &model.lm_head {
+        let weights = model.weights();
+        let embed = floats(weights.embed)?;
+        let head = match &weights.lm_head {
             Some(head) => Projection::new(head)?,
             None => Projection::from_parts(&embed, None, hidden),
         };
-        let layers = model
+        let layers = weights
             .layers
             .iter()
             .map(Layer::new)
             .collect::<Option<Vec<_>>>()?;
         let positions = Tensor::arange(max_positions as i64, (Kind::Int64, Device::Cpu));
-        let (cos, sin) = model.rotary.cos_sin(&positions.unsqueeze(0), Kind::Float);
+        let (cos, sin) = model.rotary_tables(&positions.unsqueeze(0), Kind::Float);
         Some(Self {
             kernels,
             embed,
             layers,
-            norm: Norm::new(&model.norm)?,
+            norm: Norm::new(&weights.norm)?,
             head,
             hidden,
             heads: config.num_attention_heads,

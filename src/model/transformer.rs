@@ -9,8 +9,8 @@ use anyhow::{Result, bail};
 use tch::{Kind, Tensor, nn, nn::Module};
 
 pub(super) struct RmsNorm {
-    pub(super) weight: Tensor,
-    pub(super) eps: f64,
+    weight: Tensor,
+    eps: f64,
 }
 
 impl RmsNorm {
@@ -98,10 +98,10 @@ struct CacheSlot<'a> {
 }
 
 pub(super) struct Attention {
-    pub(super) q_proj: nn::Linear,
-    pub(super) k_proj: nn::Linear,
-    pub(super) v_proj: nn::Linear,
-    pub(super) o_proj: nn::Linear,
+    q_proj: nn::Linear,
+    k_proj: nn::Linear,
+    v_proj: nn::Linear,
+    o_proj: nn::Linear,
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
@@ -212,9 +212,9 @@ impl Attention {
 }
 
 pub(super) struct Mlp {
-    pub(super) gate_proj: nn::Linear,
-    pub(super) up_proj: nn::Linear,
-    pub(super) down_proj: nn::Linear,
+    gate_proj: nn::Linear,
+    up_proj: nn::Linear,
+    down_proj: nn::Linear,
 }
 
 impl Mlp {
@@ -238,10 +238,10 @@ impl Mlp {
 }
 
 pub(super) struct DecoderLayer {
-    pub(super) input_layernorm: RmsNorm,
-    pub(super) self_attn: Attention,
-    pub(super) post_attention_layernorm: RmsNorm,
-    pub(super) mlp: Mlp,
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
 }
 
 impl DecoderLayer {
@@ -274,15 +274,91 @@ impl DecoderLayer {
 /// The causal language model: embeddings, decoder layers, final norm, LM head.
 pub struct Transformer {
     pub config: ModelConfig,
-    pub(super) embed_tokens: nn::Embedding,
-    pub(super) layers: Vec<DecoderLayer>,
-    pub(super) norm: RmsNorm,
+    embed_tokens: nn::Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
     /// `None` when the head is tied to the input embeddings.
-    pub(super) lm_head: Option<nn::Linear>,
-    pub(super) rotary: Rotary,
+    lm_head: Option<nn::Linear>,
+    rotary: Rotary,
+}
+
+/// What a forward pass outside libtorch (the CPU decoder) reads of the model: each
+/// weight by its role, borrowed. Nothing else of the model's insides is visible.
+pub(crate) struct WeightsView<'m> {
+    pub(crate) embed: &'m Tensor,
+    pub(crate) layers: Vec<LayerView<'m>>,
+    pub(crate) norm: NormView<'m>,
+    /// `None` when the head is tied to the input embeddings.
+    pub(crate) lm_head: Option<LinearView<'m>>,
+}
+
+pub(crate) struct LayerView<'m> {
+    pub(crate) input_norm: NormView<'m>,
+    pub(crate) q: LinearView<'m>,
+    pub(crate) k: LinearView<'m>,
+    pub(crate) v: LinearView<'m>,
+    pub(crate) o: LinearView<'m>,
+    pub(crate) post_norm: NormView<'m>,
+    pub(crate) gate: LinearView<'m>,
+    pub(crate) up: LinearView<'m>,
+    pub(crate) down: LinearView<'m>,
+}
+
+/// A weight [outputs, inputs] and its bias.
+pub(crate) struct LinearView<'m> {
+    pub(crate) weight: &'m Tensor,
+    pub(crate) bias: Option<&'m Tensor>,
+}
+
+pub(crate) struct NormView<'m> {
+    pub(crate) weight: &'m Tensor,
+    pub(crate) eps: f64,
+}
+
+fn linear_view(linear: &nn::Linear) -> LinearView<'_> {
+    LinearView {
+        weight: &linear.ws,
+        bias: linear.bs.as_ref(),
+    }
+}
+
+fn layer_view(l: &DecoderLayer) -> LayerView<'_> {
+    LayerView {
+        input_norm: norm_view(&l.input_layernorm),
+        q: linear_view(&l.self_attn.q_proj),
+        k: linear_view(&l.self_attn.k_proj),
+        v: linear_view(&l.self_attn.v_proj),
+        o: linear_view(&l.self_attn.o_proj),
+        post_norm: norm_view(&l.post_attention_layernorm),
+        gate: linear_view(&l.mlp.gate_proj),
+        up: linear_view(&l.mlp.up_proj),
+        down: linear_view(&l.mlp.down_proj),
+    }
+}
+
+fn norm_view(norm: &RmsNorm) -> NormView<'_> {
+    NormView {
+        weight: &norm.weight,
+        eps: norm.eps,
+    }
 }
 
 impl Transformer {
+    /// The weights by role, for the CPU decoder.
+    pub(crate) fn weights(&self) -> WeightsView<'_> {
+        WeightsView {
+            embed: &self.embed_tokens.ws,
+            layers: self.layers.iter().map(layer_view).collect(),
+            norm: norm_view(&self.norm),
+            lm_head: self.lm_head.as_ref().map(linear_view),
+        }
+    }
+
+    /// Rotary cos and signed sin for `positions` [1, n] (see `Rotary::cos_sin`).
+    pub(crate) fn rotary_tables(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+        self.rotary.cos_sin(positions, kind)
+    }
+
     /// Creates the variables under `vs` (randomly initialised; load weights after).
     pub fn new(vs: &nn::Path, config: &ModelConfig) -> Result<Self> {
         config.validate()?;

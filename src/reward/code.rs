@@ -4,19 +4,11 @@
 
 use super::sandbox::{Execution, Limits, Runtime, Sandbox, SandboxError, Verdict, tail};
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 const HARNESS: &str = include_str!("harness.py");
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CodeScoring {
-    /// 1 when every test passes, else 0.
-    #[default]
-    AllPass,
-    /// Fraction of tests passed.
-    Fraction,
-}
+pub use crate::types::CodeScoring;
 
 #[derive(Debug, Clone)]
 pub struct CodeGrade {

@@ -3,10 +3,10 @@
 //! batch is scored in one forward pass per chunk rather than per completion.
 
 use super::{RewardFunction, Sample, Score};
-use crate::config::run::Dtype;
+use crate::data::padding::right_pad;
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
-use crate::train::batch::right_pad;
+use crate::types::Dtype;
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::sync::Mutex;

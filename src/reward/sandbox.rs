@@ -19,16 +19,7 @@ use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{Deterministic, HostMonotonicClock, HostWallClock, I32Exit};
 
-/// Which Python runs the code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Runtime {
-    /// CPython 3.12 for WASI: the full language and standard library.
-    #[default]
-    CPython,
-    /// MicroPython for WASI: starts fast, but is not CPython (some correct programs fail).
-    MicroPython,
-}
+pub use crate::types::Runtime;
 
 impl Runtime {
     pub fn module_file(self) -> &'static str {

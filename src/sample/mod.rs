@@ -9,9 +9,10 @@
 mod pick;
 mod steps;
 
-use crate::model::Transformer;
 use crate::model::cpu_decoder::CpuDecoder;
 use crate::model::cpu_kernels::KernelSet;
+use crate::model::{ModelConfig, Transformer};
+use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result, bail};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -88,6 +89,14 @@ impl Completion {
             finish_reason: FinishReason::Length,
         }
     }
+}
+
+/// What ends a completion: the model's end-of-sequence ids and the token that closes an
+/// assistant turn in the tokenizer's chat format.
+pub fn stop_token_ids(config: &ModelConfig, tokenizer: &Tokenizer) -> Vec<i64> {
+    let mut ids = config.eos_token_ids();
+    ids.extend(tokenizer.token_id(tokenizer.chat_format.end_token()));
+    ids
 }
 
 /// Turns token ids into text; needed only for stop strings.

@@ -2,55 +2,11 @@
 //! stage trains on: next-token cross-entropy (pretrain, SFT) and completion log-probs
 //! under temperature-scaled logits (RL).
 
+pub use crate::data::order::{DataOrder, step_seed};
+pub use crate::data::padding::right_pad;
 use crate::model::{Transformer, position_ids_from_mask};
 use anyhow::Result;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 use tch::{Device, Kind, Tensor};
-
-/// A shuffled order over `len` items that reshuffles every epoch; item k of the
-/// stream depends only on (seed, k), so a resumed run draws the same items.
-pub struct DataOrder {
-    len: usize,
-    seed: u64,
-    epoch: Option<(usize, Vec<usize>)>,
-}
-
-impl DataOrder {
-    pub fn new(len: usize, seed: u64) -> Self {
-        Self {
-            len,
-            seed,
-            epoch: None,
-        }
-    }
-
-    /// The index of the k-th item drawn.
-    pub fn get(&mut self, k: usize) -> usize {
-        let epoch = k / self.len;
-        if self.epoch.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            let mut order: Vec<usize> = (0..self.len).collect();
-            let seed = self.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            order.shuffle(&mut StdRng::seed_from_u64(seed));
-            self.epoch = Some((epoch, order));
-        }
-        self.epoch
-            .as_ref()
-            .map(|(_, order)| order[k % self.len])
-            .unwrap_or(0)
-    }
-}
-
-/// A seed for one use (`stream`) at one step, mixed so nearby inputs give unrelated seeds.
-pub fn step_seed(seed: u64, step: usize, stream: u64) -> u64 {
-    let mut z = seed
-        .wrapping_add((step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .wrapping_add(stream.wrapping_mul(0xD1B5_4A32_D192_ED03));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 fn to_tensor(values: Vec<i64>, rows: usize, device: Device) -> Tensor {
     Tensor::from_slice(&values)
@@ -198,21 +154,6 @@ pub fn completion_hidden(
     let hidden = model.hidden_states(&ids, &positions, &real, None)?;
     let (p, c) = (prompt_width as i64, completion_width as i64);
     Ok((ids, hidden.narrow(1, p - 1, c)))
-}
-
-/// Right-pads sequences: ids and the mask of real tokens, both [rows, longest].
-pub fn right_pad(rows: &[&[i64]], device: Device) -> (Tensor, Tensor) {
-    let width = rows.iter().map(|r| r.len()).max().unwrap_or(1);
-    let (mut ids, mut mask) = (Vec::new(), Vec::new());
-    for row in rows {
-        let pad = width - row.len();
-        ids.extend(row.iter().copied().chain(std::iter::repeat_n(0, pad)));
-        mask.extend(std::iter::repeat_n(1i64, row.len()).chain(std::iter::repeat_n(0, pad)));
-    }
-    (
-        to_tensor(ids, rows.len(), device),
-        to_tensor(mask, rows.len(), device),
-    )
 }
 
 /// [rows, width] float mask with `lengths[i]` leading ones in row i.

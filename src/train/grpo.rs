@@ -128,6 +128,73 @@ impl Grpo {
             metrics,
         })
     }
+    /// Tokens each completion puts in the loss (none when cut off and masked).
+    fn loss_lengths(&self, rollouts: &[Rollout]) -> Vec<usize> {
+        rollouts
+            .iter()
+            .map(|r| {
+                let truncated = r.completion.finish_reason == FinishReason::Length;
+                if truncated && self.rl.mask_truncated_completions {
+                    0
+                } else {
+                    r.completion.token_ids.len()
+                }
+            })
+            .collect()
+    }
+
+    /// The forward and backward pass of one micro-batch (`chunk`, rollouts `first..` of
+    /// the batch); returns its loss, its summed token entropy and its statistics.
+    fn micro_batch_update(
+        &self,
+        model: &Model,
+        batch: &GenerationBatch,
+        first: usize,
+        chunk: &[Rollout],
+        lengths: &[usize],
+        share: BatchShare,
+    ) -> Result<(f64, f64, LossStats)> {
+        let config = self.loss_config();
+        let device = model.vs.device();
+        let forward = self.source.forward(model, chunk)?;
+        let (logprobs, entropy) = (forward.logprobs, forward.entropy);
+        let width = logprobs.size()[1] as usize;
+        let mask = length_mask(lengths, width, device);
+        let old = if self.rl.num_iterations > 1 {
+            let rows: Vec<&[f32]> = chunk
+                .iter()
+                .map(|r| r.completion.logprobs.as_slice())
+                .collect();
+            padded_floats(&rows, width, device)
+        } else {
+            logprobs.detach()
+        };
+        let reference = batch.ref_logprobs.as_ref().map(|all| {
+            let rows: Vec<&[f32]> = all[first..first + chunk.len()]
+                .iter()
+                .map(Vec::as_slice)
+                .collect();
+            padded_floats(&rows, width, device)
+        });
+        let advantages: Vec<f32> = chunk.iter().map(|r| r.advantage as f32).collect();
+        let advantages = Tensor::from_slice(&advantages).to_device(device);
+        let (loss, chunk_stats) = policy_loss(
+            &logprobs,
+            &old,
+            reference.as_ref(),
+            &advantages,
+            &mask,
+            &config,
+            share,
+        );
+        let value = loss.double_value(&[]);
+        if !value.is_finite() {
+            bail!("the policy loss is {value}");
+        }
+        loss.backward();
+        let entropy = (entropy * &mask).sum(Kind::Double).double_value(&[]);
+        Ok((value, entropy, chunk_stats))
+    }
 }
 
 impl Objective for Grpo {
@@ -141,21 +208,7 @@ impl Objective for Grpo {
         }
         let started = Instant::now();
         let batch = self.batch.as_ref().context("no generation batch")?;
-        let config = self.loss_config();
-        let device = model.vs.device();
-        // Tokens each completion puts in the loss (none when cut off and masked).
-        let lengths: Vec<usize> = batch
-            .rollouts
-            .iter()
-            .map(|r| {
-                let truncated = r.completion.finish_reason == FinishReason::Length;
-                if truncated && self.rl.mask_truncated_completions {
-                    0
-                } else {
-                    r.completion.token_ids.len()
-                }
-            })
-            .collect();
+        let lengths = self.loss_lengths(&batch.rollouts);
         let share = BatchShare {
             micro_batches: batch.rollouts.len().div_ceil(self.source.micro_batch),
             batch_tokens: lengths.iter().sum::<usize>() as f64,
@@ -164,47 +217,12 @@ impl Objective for Grpo {
         let mut stats = LossStats::default();
         for (chunk_index, chunk) in batch.rollouts.chunks(self.source.micro_batch).enumerate() {
             let first = chunk_index * self.source.micro_batch;
-            let forward = self.source.forward(model, chunk)?;
-            let (logprobs, entropy) = (forward.logprobs, forward.entropy);
-            let width = logprobs.size()[1] as usize;
-            let mask = length_mask(&lengths[first..first + chunk.len()], width, device);
-            let old = if self.rl.num_iterations > 1 {
-                let rows: Vec<&[f32]> = chunk
-                    .iter()
-                    .map(|r| r.completion.logprobs.as_slice())
-                    .collect();
-                padded_floats(&rows, width, device)
-            } else {
-                logprobs.detach()
-            };
-            let reference = batch.ref_logprobs.as_ref().map(|all| {
-                let rows: Vec<&[f32]> = all[first..first + chunk.len()]
-                    .iter()
-                    .map(Vec::as_slice)
-                    .collect();
-                padded_floats(&rows, width, device)
-            });
-            let advantages: Vec<f32> = chunk.iter().map(|r| r.advantage as f32).collect();
-            let advantages = Tensor::from_slice(&advantages).to_device(device);
-            let (loss, chunk_stats) = policy_loss(
-                &logprobs,
-                &old,
-                reference.as_ref(),
-                &advantages,
-                &mask,
-                &config,
-                share,
-            );
-            let value = loss.double_value(&[]);
-            if !value.is_finite() {
-                bail!(
-                    "step {}: the policy loss is {value} (micro-batch {chunk_index})",
-                    step + 1
-                );
-            }
-            loss.backward();
-            loss_sum += value;
-            entropy_sum += (entropy * &mask).sum(Kind::Double).double_value(&[]);
+            let lengths = &lengths[first..first + chunk.len()];
+            let (loss, entropy, chunk_stats) = self
+                .micro_batch_update(model, batch, first, chunk, lengths, share)
+                .with_context(|| format!("step {} micro-batch {chunk_index}", step + 1))?;
+            loss_sum += loss;
+            entropy_sum += entropy;
             stats.add(&chunk_stats);
         }
         let mut metrics = batch_metrics(&batch.metrics, iteration == 0);
@@ -235,14 +253,14 @@ impl Objective for Grpo {
     }
 }
 
-/// `rlvr rl`: GRPO (and its RLOO / REINFORCE++ estimators), or PPO when asked.
+/// GRPO (and its RLOO / REINFORCE++ estimators); [`super::rl`] picks the algorithm.
 pub fn run(config: &RunConfig, options: super::StartOptions) -> Result<PathBuf> {
     if config
         .rl
         .as_ref()
         .is_some_and(|rl| rl.algorithm == Algorithm::Ppo)
     {
-        return super::ppo::run(config, options);
+        bail!("rl.algorithm is ppo: run it with train::rl (rlvr rl), not GRPO");
     }
     let (model, tokenizer_path) = super::initial_model(config)?;
     let mut objective = Grpo::new(config, &tokenizer_path, &model)?;

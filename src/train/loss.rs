@@ -63,10 +63,8 @@ pub fn policy_loss(
     share: BatchShare,
 ) -> (Tensor, LossStats) {
     let advantages = advantages.unsqueeze(1);
-    let ratio = (logprobs - old_logprobs).exp();
-    let clipped = ratio.clamp(1.0 - config.epsilon_low, 1.0 + config.epsilon_high);
-    let surrogate = (&ratio * &advantages).minimum(&(&clipped * &advantages));
-    let mut per_token = -surrogate;
+    let epsilon = (config.epsilon_low, config.epsilon_high);
+    let (mut per_token, ratio) = clipped_surrogate(logprobs, old_logprobs, &advantages, epsilon);
     let mut kl_sum = 0.0;
     if let (Some(reference), true) = (ref_logprobs, config.beta > 0.0) {
         let d = reference - logprobs;
@@ -89,6 +87,21 @@ pub fn policy_loss(
         clipped_high: masked_sum(&high.to_kind(Kind::Double), mask),
     };
     (loss, stats)
+}
+
+/// The clipped surrogate per token, −min(w·A, clip(w, 1−ε_low, 1+ε_high)·A), and the
+/// ratio w = exp(logp − logp_old). `advantages` broadcasts against the log-probs: one
+/// per sequence [batch, 1] (GRPO) or one per token [batch, tokens] (PPO).
+pub fn clipped_surrogate(
+    logprobs: &Tensor,
+    old_logprobs: &Tensor,
+    advantages: &Tensor,
+    (epsilon_low, epsilon_high): (f64, f64),
+) -> (Tensor, Tensor) {
+    let ratio = (logprobs - old_logprobs).exp();
+    let clipped = ratio.clamp(1.0 - epsilon_low, 1.0 + epsilon_high);
+    let surrogate = (&ratio * advantages).minimum(&(&clipped * advantages));
+    (-surrogate, ratio)
 }
 
 fn masked_sum(values: &Tensor, mask: &Tensor) -> f64 {

@@ -18,7 +18,7 @@ pub mod rollout;
 pub mod sft;
 
 use crate::config::RunConfig;
-use crate::config::run::Device;
+use crate::config::run::{Algorithm, Device};
 use crate::model::checkpoint::{replace_dir, staging_dir};
 use crate::model::{Model, ModelConfig};
 use crate::run::{self, Metrics, OPTIMIZER, RunDir};
@@ -116,6 +116,14 @@ fn check_vocabulary(model: &Model, tokenizer: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `rlvr rl`: the algorithm the config's `rl.algorithm` names, GRPO or PPO.
+pub fn rl(config: &RunConfig, options: StartOptions) -> Result<PathBuf> {
+    match config.rl.as_ref().map(|rl| rl.algorithm) {
+        Some(Algorithm::Ppo) => ppo::run(config, options),
+        _ => grpo::run(config, options),
+    }
 }
 
 /// Runs `objective` for `train.max_steps` optimizer steps; returns the final model folder.

@@ -7,6 +7,7 @@
 
 use super::Objective;
 use super::batch::{CompletionForward, completion_hidden, length_mask, padded_floats, step_seed};
+use super::loss::clipped_surrogate;
 use super::rollout::{Rollout, RolloutSource, batch_metrics, completion_rows};
 use crate::config::RunConfig;
 use crate::config::run::{Critic, PpoSection};
@@ -302,9 +303,8 @@ impl Objective for Ppo {
             let (old_logprobs, old_values) = (rows(&batch.old_logprobs), rows(&batch.old_values));
             let (advantages, returns) = (rows(&batch.advantages), rows(&batch.returns));
 
-            let ratio = (&forward.logprobs - &old_logprobs).exp();
-            let pg = (-&advantages * &ratio)
-                .maximum(&(-&advantages * ratio.clamp(1.0 - epsilon.0, 1.0 + epsilon.1)));
+            let (pg, ratio) =
+                clipped_surrogate(&forward.logprobs, &old_logprobs, &advantages, epsilon);
             let pg_loss = (&pg * &mask).sum(Kind::Float) / tokens.max(1.0);
             let micro_tokens = mask.sum(Kind::Float).double_value(&[]).max(1.0);
             let (vf_loss, vf_fraction) = clipped_value_loss(

@@ -11,6 +11,7 @@ use super::Objective;
 use super::batch::{DataOrder, next_token_loss};
 use crate::config::RunConfig;
 use crate::config::run::{DataSection, OnBadRecord};
+use crate::data::prompts::filter_records;
 use crate::model::Model;
 use crate::run::{Metrics, RunDir};
 use crate::tokenizer::{END_OF_TEXT, Tokenizer};
@@ -105,42 +106,6 @@ pub fn read_documents(data: &DataSection, on_bad: OnBadRecord) -> Result<Vec<Str
             _ => bail!("no string field `{}`", data.text_field),
         }
     })
-}
-
-/// Applies `parse` to every record; a failure names the record (1-based line), or is
-/// skipped and counted when `on_bad` says so.
-pub fn filter_records<T>(
-    records: &[Value],
-    path: &Path,
-    on_bad: OnBadRecord,
-    mut parse: impl FnMut(&Value) -> Result<T>,
-) -> Result<Vec<T>> {
-    let mut kept = Vec::with_capacity(records.len());
-    let mut skipped = 0;
-    for (i, record) in records.iter().enumerate() {
-        match parse(record) {
-            Ok(item) => kept.push(item),
-            Err(e) if on_bad == OnBadRecord::Skip => {
-                if skipped == 0 {
-                    eprintln!("{} record {}: {e:#} (skipped)", path.display(), i + 1);
-                }
-                skipped += 1;
-            }
-            Err(e) => bail!(
-                "{} record {}: {e:#} (set train.on_bad_record: skip to leave such records out)",
-                path.display(),
-                i + 1
-            ),
-        }
-    }
-    if skipped > 0 {
-        eprintln!(
-            "{}: skipped {skipped} of {} records",
-            path.display(),
-            records.len()
-        );
-    }
-    Ok(kept)
 }
 
 /// Windows of `max_length + 1` tokens over the joined documents (every token a target).

@@ -6,9 +6,9 @@
 
 use super::Objective;
 use super::batch::{DataOrder, right_pad};
-use super::pretrain::filter_records;
 use crate::config::RunConfig;
 use crate::config::run::RewardModelSection;
+use crate::data::prompts::filter_records;
 use crate::model::Model;
 use crate::run::{Metrics, RunDir};
 use crate::tokenizer::Tokenizer;

@@ -3,28 +3,19 @@
 //! reference's log-probs, reward metrics and samples.jsonl.
 
 use super::batch::{CompletionForward, DataOrder, completion_forward, step_seed};
-use super::pretrain::filter_records;
 use crate::config::run::RlSection;
 use crate::config::{RunConfig, TaskConfig};
+use crate::data::prompts::{Prompt, load_prompts};
 use crate::model::Model;
 use crate::reward::{RewardSet, Sample, Scored};
 use crate::run::{Metrics, RunDir};
 use crate::sample::{self, Completion, FinishReason, SamplingParams};
-use crate::tokenizer::{Message, Tokenizer};
+use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::Tensor;
-
-/// A task record ready to prompt with.
-pub struct Prompt {
-    pub record: Value,
-    /// The rendered prompt text (what reward functions see as the prompt).
-    pub text: String,
-    /// Chat-templated ids, ending with the assistant header.
-    pub ids: Vec<i64>,
-}
 
 /// One sampled completion with everything the update and the logs need.
 pub struct Rollout {
@@ -88,51 +79,6 @@ pub fn overoptimized(history: &[(f64, f64)], window: usize) -> bool {
     slope(&proxy) > 0.0 && slope(&gold) < 0.0
 }
 
-/// What ends a completion: the model's end-of-sequence ids and the token that closes an
-/// assistant turn in the tokenizer's chat format.
-pub fn stop_token_ids(model: &Model, tokenizer: &Tokenizer) -> Vec<i64> {
-    let mut ids = model.config().eos_token_ids();
-    ids.extend(tokenizer.token_id(tokenizer.chat_format.end_token()));
-    ids
-}
-
-/// The task's records as prompts; records lacking the answer field or whose prompt
-/// cannot be rendered are an error naming the record, or skipped (`on_bad_record`).
-pub fn load_prompts(
-    task: &TaskConfig,
-    task_path: &Path,
-    tokenizer: &Tokenizer,
-    on_bad: crate::config::run::OnBadRecord,
-) -> Result<Vec<Prompt>> {
-    let task_dir = task_path.parent().unwrap_or(Path::new("."));
-    let records = crate::data::load_records(task, task_dir)?;
-    filter_records(&records, task_path, on_bad, |record| {
-        if let Some(field) = &task.answer_field
-            && record.get(field).is_none_or(Value::is_null)
-        {
-            bail!("no answer field `{field}`");
-        }
-        let text = crate::data::render_prompt(&task.prompt, record)?;
-        let mut messages = Vec::new();
-        if let Some(system) = &task.system_prompt {
-            messages.push(Message {
-                role: "system".into(),
-                content: system.clone(),
-            });
-        }
-        messages.push(Message {
-            role: "user".into(),
-            content: text.clone(),
-        });
-        let ids = tokenizer.render_chat(&messages, true)?.ids;
-        Ok(Prompt {
-            record: record.clone(),
-            text,
-            ids,
-        })
-    })
-}
-
 impl RolloutSource {
     pub fn new(
         config: &RunConfig,
@@ -154,7 +100,7 @@ impl RolloutSource {
         let task_dir = task_path.parent().unwrap_or(Path::new("."));
         let rewards = RewardSet::from_task(&task, task_dir)
             .with_context(|| format!("{}: cannot build the rewards", task_path.display()))?;
-        let stop_token_ids = stop_token_ids(policy, &tokenizer);
+        let stop_token_ids = sample::stop_token_ids(policy.config(), &tokenizer);
         let reference = if needs_reference {
             Some(reference_model(config, policy)?)
         } else {

@@ -1,8 +1,9 @@
 //! Supervised fine-tuning on conversations: the next-token objective of pretraining,
 //! counted only on assistant tokens (and the token that ends each assistant turn).
 
-use super::pretrain::{Examples, NextToken, filter_records};
+use super::pretrain::{Examples, NextToken};
 use crate::config::RunConfig;
+use crate::data::prompts::filter_records;
 use crate::tokenizer::{Message, Tokenizer};
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;

@@ -327,6 +327,10 @@ struct TrainArgs {
     /// Delete what the run's folder holds and start again.
     #[arg(long)]
     overwrite: bool,
+    /// With --resume: continue even if the config differs from the one the run
+    /// started with (run.json records what changed).
+    #[arg(long, requires = "resume")]
+    allow_config_change: bool,
 }
 
 impl TrainArgs {
@@ -338,6 +342,7 @@ impl TrainArgs {
         let options = crate::train::StartOptions {
             resume: self.resume,
             overwrite: self.overwrite,
+            allow_config_change: self.allow_config_change,
         };
         let model = run(&config, options)?;
         println!("final model: {}", model.display());

@@ -228,9 +228,11 @@ fn run_stage(
         return Ok(model);
     }
     let started = Instant::now();
+    // A stage whose config changed since it was interrupted is refused (the
+    // error says so); `--fresh` starts it again.
     let options = StartOptions {
         resume: true,
-        overwrite: false,
+        ..StartOptions::default()
     };
     let model = run(&config, options)?;
     let metrics = crate::run::RunDir::read_metrics(&config.run_dir())?;

@@ -85,9 +85,8 @@ fn tiny_model_dir() -> tempfile::TempDir {
     let tokenizer = Tokenizer::train_bpe(corpus, 300).unwrap();
     let tokenizer_path = dir.path().join("tokenizer.json");
     tokenizer.save(&tokenizer_path).unwrap();
-    tch::manual_seed(0);
     let config = ModelConfig::tiny_qwen2(tokenizer.vocab_size(), 32, 2, 4);
-    let model = Model::random(&config, tch::Device::Cpu, Dtype::F32).unwrap();
+    let model = Model::random(&config, tch::Device::Cpu, Dtype::F32, 0).unwrap();
     model
         .save(&dir.path().join("model"), Some(&tokenizer_path))
         .unwrap();

@@ -20,10 +20,9 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let tokenizer = Tokenizer::train_bpe(corpus, 300).unwrap();
     let tokenizer_path = dir.join("tokenizer.json");
     tokenizer.save(&tokenizer_path).unwrap();
-    tch::manual_seed(1);
     let config = ModelConfig::tiny_qwen2(tokenizer.vocab_size(), 32, 1, 4);
     let base = dir.join("base/model");
-    Model::random(&config, tch::Device::Cpu, Dtype::F32)
+    Model::random(&config, tch::Device::Cpu, Dtype::F32, 1)
         .unwrap()
         .save(&base, Some(&tokenizer_path))
         .unwrap();

@@ -24,8 +24,9 @@ fn grpo_raises_the_reward_of_a_tiny_model() {
     assert_eq!(rows.len(), 24);
     let (first, last) = (mean(&rows[..6], "reward"), mean(&rows[18..], "reward"));
     eprintln!("mean reward: first 6 steps {first:.3}, last 6 steps {last:.3}");
+    // Over seeds 0-8 the first steps score 0.25-0.47 and the last 0.995-1.
     assert!(
-        last > first + 0.2,
+        last > 0.9 && last > first + 0.3,
         "mean reward went from {first:.3} to {last:.3}"
     );
     for key in [
@@ -108,6 +109,17 @@ fn a_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one() {
     assert_eq!(resumed, expected, "metrics after resume differ");
     let samples = |d: &Path| std::fs::read_to_string(d.join("samples.jsonl")).unwrap();
     assert_eq!(samples(&run_dir), samples(&dir.path().join("whole/rl")));
+    // The finished run under another learning rate: refused, unless asked for.
+    let changed = rl_config(dir.path(), "killed", rl, train, 6e-3);
+    assert!(
+        !run_cli(&changed, &["--resume"], None),
+        "a changed config needs --allow-config-change"
+    );
+    assert!(run_cli(
+        &changed,
+        &["--resume", "--allow-config-change"],
+        None
+    ));
 }
 
 #[test]
@@ -126,8 +138,9 @@ fn ppo_with_a_value_head_raises_the_reward_and_resumes() {
     let rows = metrics(&config.run_dir());
     let (first, last) = (mean(&rows[..8], "reward"), mean(&rows[32..], "reward"));
     eprintln!("PPO mean reward: first 8 steps {first:.3}, last 8 steps {last:.3}");
+    // Over seeds 0-8 the first steps score 0.11-0.28 and the last 0.89-1.
     assert!(
-        last > first + 0.2,
+        last > 0.75 && last > first + 0.3,
         "mean reward went from {first:.3} to {last:.3}"
     );
     for key in [
@@ -159,7 +172,7 @@ fn ppo_with_a_value_head_raises_the_reward_and_resumes() {
         &config,
         StartOptions {
             resume: true,
-            overwrite: false,
+            ..StartOptions::default()
         },
     )
     .unwrap();

@@ -8,9 +8,8 @@ use rlvr::sample::{FinishReason, Kernels, SamplingParams, generate};
 use tch::{Device, Kind, Tensor};
 
 fn tiny() -> Model {
-    tch::manual_seed(3);
     let config = ModelConfig::tiny_qwen2(40, 32, 2, 4);
-    let model = Model::random(&config, Device::Cpu, Dtype::F32).unwrap();
+    let model = Model::random(&config, Device::Cpu, Dtype::F32, 3).unwrap();
     // Sharpen the random model so that greedy choices are far from ties.
     tch::no_grad(|| {
         for (_, mut v) in model.vs.variables() {
@@ -19,6 +18,26 @@ fn tiny() -> Model {
         }
     });
     model
+}
+
+/// New models start with zero biases and unit norm scales; the decoder comparisons
+/// give them other values, so that they check how each side applies them.
+fn vary_biases_and_norms(model: &Model) {
+    tch::no_grad(|| {
+        for (name, mut v) in model.vs.variables() {
+            if v.dim() != 1 {
+                continue;
+            }
+            let offset = name.len() as f64;
+            let wave =
+                (Tensor::arange(v.numel() as i64, (Kind::Float, Device::Cpu)) * 0.7 + offset).sin();
+            let values = match name.ends_with(".bias") {
+                true => wave * 0.1,
+                false => wave * 0.3 + 1.0,
+            };
+            v.copy_(&values);
+        }
+    });
 }
 
 fn greedy(max_new_tokens: usize) -> SamplingParams {
@@ -174,11 +193,11 @@ fn bad_arguments_are_errors() {
 fn the_cpu_decoder_matches_libtorch_steps() {
     // Grouped-query attention, qkv bias, an untied head, prompts of different lengths,
     // rows that stop early and enough rows to be split across sampling threads.
-    tch::manual_seed(5);
     let mut config = ModelConfig::tiny_qwen2(48, 32, 2, 4);
     config.num_key_value_heads = Some(2);
     config.tie_word_embeddings = false;
-    let model = Model::random(&config, Device::Cpu, Dtype::F32).unwrap();
+    let model = Model::random(&config, Device::Cpu, Dtype::F32, 5).unwrap();
+    vary_biases_and_norms(&model);
     let prompts: Vec<Vec<i64>> = (0..20)
         .map(|row| {
             (0..1 + row % 7)
@@ -210,7 +229,7 @@ fn the_cpu_decoder_matches_libtorch_steps() {
 fn the_portable_decoder_refuses_a_model_it_cannot_run() {
     tch::manual_seed(4);
     let config = ModelConfig::tiny_qwen2(40, 32, 2, 4);
-    let model = Model::random(&config, Device::Cpu, Dtype::Bf16).unwrap();
+    let model = Model::random(&config, Device::Cpu, Dtype::Bf16, 0).unwrap();
     let params = SamplingParams {
         kernels: Kernels::Portable,
         ..greedy(2)
@@ -223,13 +242,14 @@ fn the_portable_decoder_refuses_a_model_it_cannot_run() {
 fn long_prompts_fed_in_pieces_match_libtorch_steps() {
     // 1000 + 1000 + 2500 prompt tokens exceed what the CPU decoder feeds at once
     // (4096): the third prompt goes in pieces over two feeds.
-    tch::manual_seed(6);
     let model = Model::random(
         &ModelConfig::tiny_qwen2(48, 32, 2, 4),
         Device::Cpu,
         Dtype::F32,
+        6,
     )
     .unwrap();
+    vary_biases_and_norms(&model);
     let prompts: Vec<Vec<i64>> = [1000, 1000, 2500]
         .into_iter()
         .enumerate()
@@ -248,12 +268,12 @@ fn the_cpu_decoder_matches_libtorch_steps_at_real_model_shapes() {
     // several query heads, and layer and vocabulary sizes that do not fill the
     // kernels' 16-output panels.
     for (heads, kv_heads, head_dim) in [(4, 1, 64), (2, 1, 68)] {
-        tch::manual_seed(7);
         let mut config = ModelConfig::tiny_qwen2(50, heads * head_dim, 2, heads);
         config.num_key_value_heads = Some(kv_heads);
         config.intermediate_size = 100;
         config.tie_word_embeddings = false;
-        let model = Model::random(&config, Device::Cpu, Dtype::F32).unwrap();
+        let model = Model::random(&config, Device::Cpu, Dtype::F32, 7).unwrap();
+        vary_biases_and_norms(&model);
         let prompts: Vec<Vec<i64>> = (0..17)
             .map(|row| {
                 (0..3 + row % 5)

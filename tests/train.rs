@@ -255,3 +255,75 @@ fn training_logprobs_equal_the_samplers() {
         }
     }
 }
+
+#[test]
+fn a_resume_under_a_changed_config_is_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let good = r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "4"}]}"#;
+    std::fs::write(dir.path().join("sft.jsonl"), format!("{good}\n{good}\n")).unwrap();
+    let config = |lr: &str, seed: u64| {
+        let body = format!(
+            "name: sft\noutput_dir: {out}\nseed: {seed}\nmodel: {{path: {model}}}\n\
+             data: {{path: {out}/sft.jsonl}}\noptim: {{learning_rate: {lr}}}\n\
+             train: {{max_steps: 2, batch_size: 2, save_steps: 1}}\n",
+            out = dir.path().display(),
+            model = model.display()
+        );
+        RunConfig::load(&write_config(dir.path(), "sft", &body)).unwrap()
+    };
+    let resume = |allow_config_change| StartOptions {
+        resume: true,
+        allow_config_change,
+        ..StartOptions::default()
+    };
+    let original = config("0.001", 3);
+    train::sft::run(&original, StartOptions::default()).unwrap();
+    let run_dir = original.run_dir();
+    let read = |name: &str| std::fs::read_to_string(run_dir.join(name)).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&read("run.json")).unwrap();
+    assert_eq!(info["config_sha256"].as_str().unwrap().len(), 64);
+    // The same config resumes (each resume is recorded).
+    train::sft::run(&original, resume(false)).unwrap();
+    let before: Vec<String> = ["config.yaml", "run.json", "metrics.jsonl"]
+        .iter()
+        .map(|n| read(n))
+        .collect();
+    // A changed learning rate and seed are refused, naming both, before anything changes.
+    let changed = config("0.002", 4);
+    let refused = |config: &RunConfig| {
+        let error = train::sft::run(config, resume(false)).unwrap_err();
+        format!("{error:#}")
+    };
+    let message = refused(&changed);
+    for expected in [
+        "optim.learning_rate: 0.001 -> 0.002",
+        "seed: 3 -> 4",
+        "--allow-config-change",
+    ] {
+        assert!(message.contains(expected), "{message}");
+    }
+    let after: Vec<String> = ["config.yaml", "run.json", "metrics.jsonl"]
+        .iter()
+        .map(|n| read(n))
+        .collect();
+    assert_eq!(before, after, "a refused resume changed the run folder");
+    // A folder from before run.json held the fingerprint is checked by its config.yaml.
+    let mut old_info: serde_json::Value = serde_json::from_str(&read("run.json")).unwrap();
+    old_info.as_object_mut().unwrap().remove("config_sha256");
+    std::fs::write(run_dir.join("run.json"), old_info.to_string()).unwrap();
+    assert!(refused(&changed).contains("optim.learning_rate: 0.001 -> 0.002"));
+    train::sft::run(&original, resume(false)).unwrap();
+    // Asked for, the change goes through and run.json records it.
+    train::sft::run(&changed, resume(true)).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&read("run.json")).unwrap();
+    let resumes = info["resumes"].as_array().unwrap();
+    assert_eq!(resumes.len(), 3, "{info}");
+    assert_eq!(resumes[2]["from_step"], 2);
+    assert_eq!(
+        resumes[2]["config_changes"],
+        serde_json::json!(["optim.learning_rate: 0.001 -> 0.002", "seed: 3 -> 4"])
+    );
+    assert!(read("config.yaml").contains("learning_rate: 0.002"));
+    train::sft::run(&changed, resume(false)).unwrap();
+}

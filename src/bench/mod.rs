@@ -36,8 +36,7 @@ pub fn bench_model_config() -> ModelConfig {
 
 pub fn sample(bench: &SampleBench) -> Result<()> {
     tch::set_num_threads(bench.threads as i32);
-    tch::manual_seed(0);
-    let model = Model::random(&bench_model_config(), Device::Cpu, Dtype::F32)?;
+    let model = Model::random(&bench_model_config(), Device::Cpu, Dtype::F32, 0)?;
     let parameters = model.parameter_count();
     let prompts: Vec<Vec<i64>> = (0..bench.rows)
         .map(|r| {

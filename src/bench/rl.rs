@@ -43,11 +43,10 @@ fn run_both(bench: &RlBench, dir: &Path) -> Result<()> {
     let tokenizer = Tokenizer::train_bpe(corpus, 512)?;
     let tokenizer_path = dir.join("tokenizer.json");
     tokenizer.save(&tokenizer_path)?;
-    tch::manual_seed(0);
     // The vocabulary matches the tokenizer so that TRL decodes every sampled id too.
     let mut model_config = bench_model_config();
     model_config.vocab_size = tokenizer.vocab_size();
-    let model = Model::random(&model_config, Device::Cpu, Dtype::F32)?;
+    let model = Model::random(&model_config, Device::Cpu, Dtype::F32, 0)?;
     let parameters = model.parameter_count() as f64;
     let model_dir = dir.join("model");
     model.save(&model_dir, Some(&tokenizer_path))?;

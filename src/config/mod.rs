@@ -2,9 +2,11 @@
 //!
 //! Every schema rejects unknown keys, and every error names the file, the key path
 //! and the line/column, plus the nearest known key when a key looks misspelt. The
-//! schemas themselves live in `run.rs` (run configs) and `task.rs` (task files).
+//! schemas themselves live in `run.rs` (run configs) and `task.rs` (task files);
+//! `diff.rs` names what differs between two resolved run configs.
 
 pub(crate) mod checks;
+pub mod diff;
 pub mod files;
 pub mod run;
 pub mod task;

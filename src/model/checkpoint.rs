@@ -6,6 +6,7 @@
 //! temporary folder and renames it into place, so a crash never leaves half a checkpoint.
 
 use super::config::ModelConfig;
+use super::init;
 use super::transformer::Transformer;
 use crate::types::Dtype;
 use anyhow::{Context, Result, bail};
@@ -29,17 +30,31 @@ pub struct Model {
 
 const VALUE_HEAD_FLAG: &str = "rlvr_value_head";
 const CRITIC_FLAG: &str = "rlvr_critic";
+const SCORE: &str = "score";
+const SCORE_PREFIX: &str = "score.";
+const VALUE_HEAD: &str = "v_head";
+const VALUE_HEAD_PREFIX: &str = "v_head.";
 
 impl Model {
-    /// A randomly initialised model (for from-scratch training and tests).
-    pub fn random(config: &ModelConfig, device: Device, dtype: Dtype) -> Result<Self> {
+    /// A new model whose weights come from `seed` alone (for from-scratch training and
+    /// tests): see [`super::init`].
+    pub fn random(config: &ModelConfig, device: Device, dtype: Dtype, seed: u64) -> Result<Self> {
+        let model = Self::allocate(config, device, dtype)?;
+        init::fill(&model.vs, seed, initializer_range(config), |_| true);
+        Ok(model)
+    }
+
+    /// The model's variables, zero (RMSNorm scales one), for weights that are loaded or
+    /// filled next. Draws nothing from any generator.
+    fn allocate(config: &ModelConfig, device: Device, dtype: Dtype) -> Result<Self> {
         let mut vs = nn::VarStore::new(device);
         let transformer = Transformer::new(&vs.root(), config)?;
         let score = config
             .is_reward_model()
-            .then(|| new_head(&vs, "score", config.hidden_size));
+            .then(|| new_head(&vs, SCORE, config.hidden_size));
         let flag = |name: &str| config.extra.get(name) == Some(&true.into());
-        let value_head = flag(VALUE_HEAD_FLAG).then(|| new_head(&vs, "v_head", config.hidden_size));
+        let value_head =
+            flag(VALUE_HEAD_FLAG).then(|| new_head(&vs, VALUE_HEAD, config.hidden_size));
         let critic = match flag(CRITIC_FLAG) {
             true => Some(Transformer::new(&(vs.root() / "critic"), config)?),
             false => None,
@@ -82,12 +97,18 @@ impl Model {
         Ok(())
     }
 
-    /// Gives the policy a value head (PPO), unless it has one.
-    pub fn add_value_head(&mut self) {
+    /// Gives the policy a value head (PPO), unless it has one; its weights come from
+    /// `seed`.
+    pub fn add_value_head(&mut self, seed: u64) {
         if self.value_head.is_none() {
             let kind = self.vs.kind();
-            self.value_head = Some(new_head(&self.vs, "v_head", self.config().hidden_size));
+            let hidden = self.config().hidden_size;
+            self.value_head = Some(new_head(&self.vs, VALUE_HEAD, hidden));
             self.vs.set_kind(kind);
+            let std = initializer_range(self.config());
+            init::fill(&self.vs, seed, std, |name| {
+                name.starts_with(VALUE_HEAD_PREFIX)
+            });
             self.transformer
                 .config
                 .extra
@@ -96,15 +117,17 @@ impl Model {
     }
 
     /// A reward model initialised from a policy checkpoint: its weights, plus a new
-    /// random `score` head.
-    pub fn reward_model_from(dir: &Path, device: Device, dtype: Dtype) -> Result<Self> {
+    /// `score` head from `seed` (unless the checkpoint has one).
+    pub fn reward_model_from(dir: &Path, device: Device, dtype: Dtype, seed: u64) -> Result<Self> {
         let config = ModelConfig::load(&dir.join("config.json"))?;
         let config = if config.is_reward_model() {
             config
         } else {
             config.as_reward_model()
         };
-        let mut model = Self::random(&config, device, dtype)?;
+        let mut model = Self::allocate(&config, device, dtype)?;
+        let std = initializer_range(&config);
+        init::fill(&model.vs, seed, std, |name| name.starts_with(SCORE_PREFIX));
         load_weights(
             &mut model.vs,
             dir,
@@ -141,7 +164,7 @@ impl Model {
             bail!("{}: not a model folder", dir.display());
         }
         let config = ModelConfig::load(&dir.join("config.json"))?;
-        let mut model = Self::random(&config, device, dtype)?;
+        let mut model = Self::allocate(&config, device, dtype)?;
         load_weights(&mut model.vs, dir, config.tie_word_embeddings, &[])?;
         Ok(model)
     }
@@ -214,13 +237,19 @@ pub fn staging_dir(dir: &Path) -> Result<PathBuf> {
     Ok(staging)
 }
 
-/// A [1, hidden] linear head `name.weight`, initialised like transformers' heads.
+/// A [1, hidden] linear head `name.weight`, zero until [`init::fill`] or a checkpoint
+/// sets it.
 fn new_head(vs: &nn::VarStore, name: &str, hidden: usize) -> Tensor {
-    let init = nn::Init::Randn {
-        mean: 0.0,
-        stdev: 0.02,
-    };
-    (vs.root() / name).var("weight", &[1, hidden as i64], init)
+    (vs.root() / name).var("weight", &[1, hidden as i64], nn::Init::Const(0.0))
+}
+
+/// The spread of new weights: the config's `initializer_range`, as transformers reads it.
+fn initializer_range(config: &ModelConfig) -> f64 {
+    config
+        .extra
+        .get("initializer_range")
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or(init::DEFAULT_STD)
 }
 
 fn kind_of(dtype: Dtype) -> Kind {

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub(crate) mod cpu_decoder;
 pub(crate) mod cpu_kernels;
+pub mod init;
 pub mod kv_cache;
 pub mod transformer;
 

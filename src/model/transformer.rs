@@ -90,6 +90,17 @@ fn apply_rotary(x: &Tensor, cos: &Tensor, signed_sin: &Tensor) -> Tensor {
     x * cos + x.roll([half], [-1]) * signed_sin
 }
 
+/// A linear layer's settings with zero weights and biases: tch's default init would
+/// draw from libtorch's global generator, which other threads share (see
+/// [`super::init`]).
+fn unset_linear(bias: bool) -> nn::LinearConfig {
+    nn::LinearConfig {
+        ws_init: nn::Init::Const(0.0),
+        bs_init: Some(nn::Init::Const(0.0)),
+        bias,
+    }
+}
+
 /// One layer's part of the KV cache, with how many positions it already holds.
 struct CacheSlot<'a> {
     layer: &'a mut LayerCache,
@@ -113,14 +124,8 @@ impl Attention {
         let heads = config.num_attention_heads as i64;
         let kv_heads = config.kv_heads() as i64;
         let head_dim = config.head_dim() as i64;
-        let qkv = nn::LinearConfig {
-            bias: config.qkv_bias(),
-            ..Default::default()
-        };
-        let o = nn::LinearConfig {
-            bias: config.o_bias(),
-            ..Default::default()
-        };
+        let qkv = unset_linear(config.qkv_bias());
+        let o = unset_linear(config.o_bias());
         Self {
             q_proj: nn::linear(&vs / "q_proj", hidden, heads * head_dim, qkv),
             k_proj: nn::linear(&vs / "k_proj", hidden, kv_heads * head_dim, qkv),
@@ -220,10 +225,7 @@ pub(super) struct Mlp {
 impl Mlp {
     fn new(vs: nn::Path, config: &ModelConfig) -> Self {
         let (hidden, inner) = (config.hidden_size as i64, config.intermediate_size as i64);
-        let bias = nn::LinearConfig {
-            bias: config.mlp_bias.unwrap_or(false),
-            ..Default::default()
-        };
+        let bias = unset_linear(config.mlp_bias.unwrap_or(false));
         Self {
             gate_proj: nn::linear(&vs / "gate_proj", hidden, inner, bias),
             up_proj: nn::linear(&vs / "up_proj", hidden, inner, bias),
@@ -359,28 +361,21 @@ impl Transformer {
         self.rotary.cos_sin(positions, kind)
     }
 
-    /// Creates the variables under `vs` (randomly initialised; load weights after).
+    /// Creates the variables under `vs`, zero but for the RMSNorm scales: a checkpoint
+    /// or [`super::init::fill`] sets them next.
     pub fn new(vs: &nn::Path, config: &ModelConfig) -> Result<Self> {
         config.validate()?;
         let model = vs / "model";
         let (vocab, hidden) = (config.vocab_size as i64, config.hidden_size as i64);
         let embed_config = nn::EmbeddingConfig {
-            ws_init: nn::Init::Randn {
-                mean: 0.0,
-                stdev: 0.02,
-            },
+            ws_init: nn::Init::Const(0.0),
             ..Default::default()
         };
         let layers = (0..config.num_hidden_layers)
             .map(|i| DecoderLayer::new(&model / "layers" / i, config))
             .collect();
-        let lm_head = (!config.tie_word_embeddings).then(|| {
-            let no_bias = nn::LinearConfig {
-                bias: false,
-                ..Default::default()
-            };
-            nn::linear(vs / "lm_head", hidden, vocab, no_bias)
-        });
+        let lm_head = (!config.tie_word_embeddings)
+            .then(|| nn::linear(vs / "lm_head", hidden, vocab, unset_linear(false)));
         Ok(Self {
             embed_tokens: nn::embedding(&model / "embed_tokens", vocab, hidden, embed_config),
             layers,

@@ -45,12 +45,8 @@ pub trait Objective {
     }
 }
 
-/// How a run starts: fresh (refusing a used folder), resumed, or overwriting.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct StartOptions {
-    pub resume: bool,
-    pub overwrite: bool,
-}
+/// How a run starts; the run folder checks it (see [`RunDir::open`]).
+pub use crate::run::StartOptions;
 
 pub fn tch_device(device: Device) -> Result<tch::Device> {
     match device {
@@ -65,9 +61,6 @@ pub fn tch_device(device: Device) -> Result<tch::Device> {
 pub fn initial_model(config: &RunConfig) -> Result<(Model, PathBuf)> {
     let device = tch_device(config.device)?;
     let section = &config.model;
-    // New weights (a new model, or heads added later: PPO's value head) come from the
-    // run's seed, so that a run repeats exactly.
-    tch::manual_seed(config.seed as i64);
     if let Some(path) = &section.path {
         let model = Model::load(path, device, section.dtype)?;
         let tokenizer = section
@@ -95,7 +88,8 @@ pub fn initial_model(config: &RunConfig) -> Result<(Model, PathBuf)> {
         init.num_hidden_layers,
         init.num_attention_heads,
     );
-    let model = Model::random(&model_config, device, section.dtype)?;
+    // New weights come from the run's seed alone, so that a run repeats exactly.
+    let model = Model::random(&model_config, device, section.dtype, config.seed)?;
     Ok((model, tokenizer_path))
 }
 
@@ -135,7 +129,7 @@ pub fn train(
     objective: &mut dyn Objective,
     options: StartOptions,
 ) -> Result<PathBuf> {
-    let run = RunDir::open(config, stage, options.resume, options.overwrite)?;
+    let run = RunDir::open(config, stage, options)?;
     let mut optimizer = AdamW::new(&model.vs, &config.optim);
     let mut start = 0;
     if options.resume {

@@ -376,7 +376,8 @@ impl Objective for Ppo {
 
 pub fn run(config: &RunConfig, options: super::StartOptions) -> Result<PathBuf> {
     let (mut model, tokenizer_path) = super::initial_model(config)?;
-    model.add_value_head();
+    // A new value head comes from the run's seed, so that a run repeats exactly.
+    model.add_value_head(config.seed);
     if config
         .rl
         .as_ref()

@@ -171,8 +171,7 @@ pub fn run(config: &RunConfig, options: super::StartOptions) -> Result<PathBuf> 
         .clone()
         .context("train-rm starts from a model folder (model.path)")?;
     // The new score head comes from the run's seed, so that a run repeats exactly.
-    tch::manual_seed(config.seed as i64);
-    let model = Model::reward_model_from(&path, device, config.model.dtype)?;
+    let model = Model::reward_model_from(&path, device, config.model.dtype, config.seed)?;
     let tokenizer_path = config
         .model
         .tokenizer

@@ -9,9 +9,18 @@ use rlvr::tokenizer::Tokenizer;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-/// A tokenizer and a random tiny Qwen2 in `dir/model`, made once per folder: two runs
-/// that compare their metrics must start from the same weights, and tests in other
-/// threads draw from libtorch's global generator between the seed and the init.
+/// The seed of the tests' models and runs: `default`, or `RLVR_TEST_SEED` when set, so
+/// that thresholds can be re-checked under other seeds (`RLVR_TEST_SEED=3 cargo test
+/// --test rl`).
+pub fn test_seed(default: u64) -> u64 {
+    std::env::var("RLVR_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A tokenizer and a random tiny Qwen2 in `dir/model`, made once per folder (two runs
+/// that compare their metrics start from this one folder).
 pub fn tiny_model(dir: &Path) -> PathBuf {
     let model_dir = dir.join("model");
     if model_dir.join("model.safetensors").exists() {
@@ -21,9 +30,8 @@ pub fn tiny_model(dir: &Path) -> PathBuf {
     let tokenizer = Tokenizer::train_bpe(corpus, 300).unwrap();
     let tokenizer_path = dir.join("tokenizer.json");
     tokenizer.save(&tokenizer_path).unwrap();
-    tch::manual_seed(0);
     let config = ModelConfig::tiny_qwen2(tokenizer.vocab_size(), 32, 1, 4);
-    let model = Model::random(&config, tch::Device::Cpu, Dtype::F32).unwrap();
+    let model = Model::random(&config, tch::Device::Cpu, Dtype::F32, test_seed(0)).unwrap();
     model.save(&model_dir, Some(&tokenizer_path)).unwrap();
     model_dir
 }
@@ -64,7 +72,7 @@ pub fn rl_config(dir: &Path, output: &str, extra_rl: &str, train: &str, lr: f64)
     let body = format!(
         r#"name: rl
 output_dir: {output}
-seed: 7
+seed: {seed}
 model:
   path: {model}
 task: {task}
@@ -82,6 +90,7 @@ rl:
   {extra_rl}
 "#,
         output = dir.join(output).display(),
+        seed = test_seed(7),
         model = model.display(),
         task = task.display(),
     );

@@ -108,6 +108,49 @@ impl Ppo {
         Ok((logprobs, values))
     }
 
+    /// The graded rollouts and the ungraded ones; an error (after logging the samples)
+    /// when too many could not be graded, or none could.
+    fn split_graded(
+        &self,
+        rollouts: Vec<Rollout>,
+        (run, step): (&RunDir, usize),
+    ) -> Result<(Vec<Rollout>, Vec<Rollout>)> {
+        let checked = match self.source.check_ungraded(step, &rollouts) {
+            Ok(()) if rollouts.iter().any(|r| r.scored.graded()) => Ok(()),
+            Ok(()) => Err(anyhow::anyhow!(
+                "step {}: no completion could be graded",
+                step + 1
+            )),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = checked {
+            self.source.log_samples(run, step, &rollouts)?;
+            return Err(error);
+        }
+        Ok(rollouts.into_iter().partition(|r| r.scored.graded()))
+    }
+
+    /// A rollout's per-token rewards, −kl_coef × the token's KL (k1) with the task's score
+    /// added on the last token, and the sums of its KL and of its KL rewards.
+    fn token_rewards(
+        &self,
+        rollout: &Rollout,
+        old: &[f32],
+        reference: &[f32],
+    ) -> (f64, f64, Vec<f64>) {
+        let kl: Vec<f64> = old
+            .iter()
+            .zip(reference)
+            .map(|(o, r)| f64::from(o - r))
+            .collect();
+        let mut rewards: Vec<f64> = kl.iter().map(|k| -self.kl_coef * k).collect();
+        let non_score = rewards.iter().sum::<f64>();
+        if let Some(last) = rewards.last_mut() {
+            *last += rollout.scored.total;
+        }
+        (kl.iter().sum(), non_score, rewards)
+    }
+
     /// Samples and scores a batch, logs it (as step `log.1`), and prepares the update.
     /// Completions that could not be graded are left out: their return is unknown.
     fn rollout_batch(
@@ -119,20 +162,7 @@ impl Ppo {
         let mut metrics = Metrics::new();
         let rollouts = self.source.draw(model, step, 0, &mut metrics)?;
         self.source.reward_metrics(&rollouts, &mut metrics);
-        let checked = match self.source.check_ungraded(log.1, &rollouts) {
-            Ok(()) if rollouts.iter().any(|r| r.scored.graded()) => Ok(()),
-            Ok(()) => Err(anyhow::anyhow!(
-                "step {}: no completion could be graded",
-                log.1 + 1
-            )),
-            Err(error) => Err(error),
-        };
-        if let Err(error) = checked {
-            self.source.log_samples(log.0, log.1, &rollouts)?;
-            return Err(error);
-        }
-        let (rollouts, ungraded): (Vec<Rollout>, Vec<Rollout>) =
-            rollouts.into_iter().partition(|r| r.scored.graded());
+        let (rollouts, ungraded) = self.split_graded(rollouts, log)?;
         let started = Instant::now();
         let reference = self
             .source
@@ -146,17 +176,10 @@ impl Ppo {
         let (mut advantages, mut returns) = (Vec::new(), Vec::new());
         let (mut kl_total, mut non_score_total) = (0.0, 0.0);
         for (i, rollout) in rollouts.iter().enumerate() {
-            let kl: Vec<f64> = old_logprobs[i]
-                .iter()
-                .zip(&ref_logprobs[i])
-                .map(|(o, r)| f64::from(o - r))
-                .collect();
-            let mut rewards: Vec<f64> = kl.iter().map(|k| -self.kl_coef * k).collect();
-            non_score_total += rewards.iter().sum::<f64>();
-            kl_total += kl.iter().sum::<f64>();
-            if let Some(last) = rewards.last_mut() {
-                *last += rollout.scored.total;
-            }
+            let (kl, non_score, rewards) =
+                self.token_rewards(rollout, &old_logprobs[i], &ref_logprobs[i]);
+            non_score_total += non_score;
+            kl_total += kl;
             let values: Vec<f64> = old_values[i].iter().map(|&v| f64::from(v)).collect();
             let (a, r) = gae(&rewards, &values, self.ppo.gamma, self.ppo.lam);
             advantages.push(a);

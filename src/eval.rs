@@ -317,8 +317,7 @@ fn item_result(
         greedy_rewards: names
             .iter()
             .zip(&scored.per_function)
-            .filter(|(_, s)| s.infra_error.is_none())
-            .map(|(name, s)| (name.clone(), s.value))
+            .filter_map(|(name, s)| Some((name.clone(), s.graded_value()?)))
             .collect(),
         greedy_ungraded: failure(scored),
         samples_ungraded: sample_failures.len(),

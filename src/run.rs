@@ -237,16 +237,22 @@ fn refuse_changes(dir: &Path, changes: &[Change], allowed: bool) -> Result<()> {
     )
 }
 
-/// run.json of a new run: what made it, and the fingerprint of its config.
-fn start_info(stage: &str, fingerprint: &str) -> Value {
+/// Which build of rlvr, run by which command: recorded at a start and at each resume.
+fn provenance() -> Value {
     json!({
-        "stage": stage,
-        "rlvr_version": env!("CARGO_PKG_VERSION"),
+        "rlvr_version": crate::build_info::VERSION,
         "git_revision": crate::build_info::GIT_REVISION,
         "source_hash": crate::build_info::SOURCE_HASH,
         "command": std::env::args().collect::<Vec<_>>(),
-        "config_sha256": fingerprint,
     })
+}
+
+/// run.json of a new run: what made it, and the fingerprint of its config.
+fn start_info(stage: &str, fingerprint: &str) -> Value {
+    let mut info = provenance();
+    info["stage"] = json!(stage);
+    info["config_sha256"] = json!(fingerprint);
+    info
 }
 
 /// run.json of a resumed run: the start's record, with this resume appended to
@@ -256,13 +262,8 @@ fn resumed_info(dir: &Path, fingerprint: &str, changes: &[Change]) -> Result<Val
         .filter(Value::is_object)
         .unwrap_or_else(|| json!({}));
     let from_step = latest_checkpoint(dir)?.map_or(0, |(step, _)| step);
-    let mut resume = json!({
-        "from_step": from_step,
-        "rlvr_version": env!("CARGO_PKG_VERSION"),
-        "git_revision": crate::build_info::GIT_REVISION,
-        "source_hash": crate::build_info::SOURCE_HASH,
-        "command": std::env::args().collect::<Vec<_>>(),
-    });
+    let mut resume = provenance();
+    resume["from_step"] = json!(from_step);
     if !changes.is_empty() {
         let shown: Vec<String> = changes.iter().map(Change::to_string).collect();
         resume["config_changes"] = json!(shown);

@@ -77,11 +77,10 @@ fn report(
     let mean = |values: Vec<f64>| values.iter().sum::<f64>() / values.len().max(1) as f64;
     let mut means = Vec::new();
     for (f, (name, weight, _)) in rewards.functions.iter().enumerate() {
-        let graded = scored.iter().map(|s| &s.per_function[f]);
         let mean = mean(
-            graded
-                .filter(|s| s.infra_error.is_none())
-                .map(|s| s.value)
+            scored
+                .iter()
+                .filter_map(|s| s.per_function[f].graded_value())
                 .collect(),
         );
         println!("  {name:<20} weight {weight:<5} mean {mean:.4}");

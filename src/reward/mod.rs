@@ -51,6 +51,11 @@ impl Score {
         }
     }
 
+    /// The score, when the grader did not fail: the only value means and totals use.
+    pub fn graded_value(&self) -> Option<f64> {
+        self.infra_error.is_none().then_some(self.value)
+    }
+
     /// The grader failed (missing field, broken script, sandbox error): an
     /// infrastructure error, never a wrong answer. The value 0 is a placeholder that
     /// no total, mean or accuracy uses.

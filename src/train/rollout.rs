@@ -7,7 +7,7 @@ use crate::config::run::RlSection;
 use crate::config::{RunConfig, TaskConfig};
 use crate::data::prompts::{Prompt, load_prompts};
 use crate::model::Model;
-use crate::reward::{RewardSet, Sample, Scored};
+use crate::reward::{RewardSet, Sample, Score, Scored};
 use crate::run::{Metrics, RunDir};
 use crate::sample::{self, Completion, FinishReason, SamplingParams};
 use crate::tokenizer::Tokenizer;
@@ -245,8 +245,7 @@ impl RolloutSource {
             let values: Vec<f64> = rollouts
                 .iter()
                 .flat_map(|r| functions.iter().map(|&f| &r.scored.per_function[f]))
-                .filter(|s| s.infra_error.is_none())
-                .map(|s| s.value)
+                .filter_map(Score::graded_value)
                 .collect();
             values.iter().sum::<f64>() / values.len().max(1) as f64
         };
@@ -309,9 +308,7 @@ impl RolloutSource {
             let (mean, std) = stats(
                 rollouts
                     .iter()
-                    .map(|r| &r.scored.per_function[f])
-                    .filter(|s| s.infra_error.is_none())
-                    .map(|s| s.value)
+                    .filter_map(|r| r.scored.per_function[f].graded_value())
                     .collect(),
             );
             metrics.insert(format!("rewards/{name}/mean"), mean);
@@ -392,7 +389,7 @@ impl RolloutSource {
                     .iter()
                     .zip(&r.scored.per_function)
                     .map(|(name, s)| {
-                        let value = s.infra_error.is_none().then_some(s.value);
+                        let value = s.graded_value();
                         (name.clone(), json!({"value": value, "reason": s.reason}))
                     })
                     .collect();

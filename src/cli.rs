@@ -43,6 +43,10 @@ enum Command {
     Compare(CompareArgs),
     /// Show how a text splits into tokens and ids.
     Tokenize(TokenizeArgs),
+    /// Render a conversation file ({"messages", "add_generation_prompt",
+    /// "continue_final_message", "tools", "template_kwargs"}) with a tokenizer folder's
+    /// chat template: text, input ids and assistant mask.
+    RenderChat(RenderChatArgs),
     /// Print each token's id and log-prob under a model (for debugging and perplexity).
     Logprobs(LogprobsArgs),
     /// Score every record's reference completion (or given completions) with a task's
@@ -69,6 +73,9 @@ pub fn main() -> ExitCode {
         Command::Eval(args) => args.run(),
         Command::Compare(args) => args.run(),
         Command::Tokenize(args) => inspect::tokenize(&args.tokenizer, &args.text),
+        Command::RenderChat(args) => {
+            inspect::render_chat(&args.tokenizer, &args.conversation, args.json)
+        }
         Command::Logprobs(args) => args.run(),
         Command::RewardCheck(args) => args.run(),
         Command::Bench { kind } => kind.run(),
@@ -208,6 +215,19 @@ struct TokenizeArgs {
     #[arg(long)]
     tokenizer: PathBuf,
     text: String,
+}
+
+#[derive(clap::Args)]
+struct RenderChatArgs {
+    /// A model folder (tokenizer.json beside tokenizer_config.json / chat_template.jinja).
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// A JSON file: {"messages": [...]} and optional keys.
+    #[arg(long)]
+    conversation: PathBuf,
+    /// Print {"text", "input_ids", "assistant_mask"} as one JSON line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]

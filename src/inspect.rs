@@ -178,12 +178,10 @@ pub fn sample(
     if prompt_ids.is_empty() {
         bail!("--prompt is empty");
     }
-    for stop in [
-        tokenizer.chat_format.end_token(),
-        crate::tokenizer::END_OF_TEXT,
-    ] {
-        params.stop_token_ids.extend(tokenizer.token_id(stop));
-    }
+    params.stop_token_ids.extend(tokenizer.end_of_turn_id());
+    params
+        .stop_token_ids
+        .extend(tokenizer.token_id(crate::tokenizer::END_OF_TEXT));
     params.stop_token_ids.extend(model.config().eos_token_ids());
     let prompts = vec![prompt_ids; n];
     let started = std::time::Instant::now();
@@ -205,5 +203,55 @@ pub fn sample(
         "--- {tokens} tokens in {elapsed:.2} s ({:.0} tokens/s)",
         tokens as f64 / elapsed
     );
+    Ok(())
+}
+
+/// `rlvr render-chat`: a conversation file through the tokenizer folder's chat
+/// template, printed as `{"text", "input_ids", "assistant_mask"}` (JSON with `--json`).
+/// Which template was used goes to stderr.
+pub fn render_chat(tokenizer_path: &Path, conversation: &Path, json: bool) -> Result<()> {
+    let tokenizer = load_tokenizer(tokenizer_path)?;
+    let text = std::fs::read_to_string(conversation)
+        .with_context(|| format!("cannot read {}", conversation.display()))?;
+    let conversation: crate::tokenizer::Conversation = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a conversation", conversation.display()))?;
+    eprintln!("[render-chat] {}", tokenizer.template_source());
+    let (text, rendered) = match &tokenizer.template {
+        Some(template) => (
+            template.render(&conversation)?,
+            tokenizer.render_conversation(template, &conversation)?,
+        ),
+        None => {
+            let messages: Vec<Message> = conversation
+                .messages
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    serde_json::from_value(m.clone()).with_context(|| {
+                        format!(
+                            "message {i}: the built-in format takes only role and content strings"
+                        )
+                    })
+                })
+                .collect::<Result<_>>()?;
+            let rendered = tokenizer.render_chat(&messages, conversation.add_generation_prompt)?;
+            (tokenizer.decode(&rendered.ids, false)?, rendered)
+        }
+    };
+    let out = serde_json::json!({
+        "text": text,
+        "input_ids": rendered.ids,
+        "assistant_mask": rendered.assistant_mask,
+    });
+    if json {
+        println!("{out}");
+    } else {
+        println!("{text}");
+        println!(
+            "{} tokens, {} in the assistant mask",
+            rendered.ids.len(),
+            rendered.assistant_mask.iter().filter(|&&m| m == 1).count()
+        );
+    }
     Ok(())
 }

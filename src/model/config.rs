@@ -52,6 +52,10 @@ pub struct ModelConfig {
     pub bos_token_id: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eos_token_id: Option<Value>,
+    /// `eos_token_id` of the folder's generation_config.json (one id or a list):
+    /// instruct checkpoints list their end-of-turn tokens there.
+    #[serde(skip)]
+    pub generation_eos_token_id: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pad_token_id: Option<Value>,
     /// Every other key, kept for the round trip.
@@ -91,8 +95,14 @@ impl ModelConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let config: Self = serde_json::from_str(&text)
+        let mut config: Self = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a valid model config", path.display()))?;
+        let generation = path.with_file_name("generation_config.json");
+        if let Ok(text) = std::fs::read_to_string(&generation) {
+            let value: Value = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not valid JSON", generation.display()))?;
+            config.generation_eos_token_id = value.get("eos_token_id").cloned();
+        }
         config
             .validate()
             .with_context(|| format!("{}: unsupported model config", path.display()))?;
@@ -185,12 +195,20 @@ impl ModelConfig {
     }
 
     /// End-of-sequence ids (`eos_token_id` may be one id or a list).
+    /// Stop ids: config.json's `eos_token_id` and generation_config.json's, each one id
+    /// or a list.
     pub fn eos_token_ids(&self) -> Vec<i64> {
-        match &self.eos_token_id {
-            Some(Value::Number(n)) => n.as_i64().into_iter().collect(),
-            Some(Value::Array(ids)) => ids.iter().filter_map(Value::as_i64).collect(),
-            _ => Vec::new(),
+        let mut ids = Vec::new();
+        for value in [&self.eos_token_id, &self.generation_eos_token_id] {
+            match value {
+                Some(Value::Number(n)) => ids.extend(n.as_i64()),
+                Some(Value::Array(list)) => ids.extend(list.iter().filter_map(Value::as_i64)),
+                _ => {}
+            }
         }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     /// A reward model: the architecture says `…ForSequenceClassification` (a scalar
@@ -242,6 +260,7 @@ impl ModelConfig {
             hidden_act: "silu".into(),
             bos_token_id: None,
             eos_token_id: None,
+            generation_eos_token_id: None,
             pad_token_id: None,
             extra: Map::new(),
         }

@@ -95,7 +95,7 @@ impl Completion {
 /// assistant turn in the tokenizer's chat format.
 pub fn stop_token_ids(config: &ModelConfig, tokenizer: &Tokenizer) -> Vec<i64> {
     let mut ids = config.eos_token_ids();
-    ids.extend(tokenizer.token_id(tokenizer.chat_format.end_token()));
+    ids.extend(tokenizer.end_of_turn_id());
     ids
 }
 

@@ -12,6 +12,9 @@ use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::{AddedToken, PreTokenizerWrapper};
 
+pub mod template;
+pub use template::{ChatTemplate, Conversation};
+
 /// Special tokens of rlvr's own chat format, added to every tokenizer we train.
 pub const END_OF_TEXT: &str = "<|endoftext|>";
 pub const SYSTEM: &str = "<|system|>";
@@ -77,14 +80,44 @@ pub struct RenderedChat {
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// The built-in format, used only when the folder ships no chat template.
     pub chat_format: ChatFormat,
+    /// The checkpoint's own template (`chat_template.jinja` or tokenizer_config.json).
+    pub template: Option<ChatTemplate>,
 }
 
 impl Tokenizer {
     pub fn load(path: &Path) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
-        Self::from_inner(inner).with_context(|| path.display().to_string())
+        let mut tokenizer = Self::from_inner(inner).with_context(|| path.display().to_string())?;
+        if let Some(dir) = path.parent() {
+            tokenizer.template = ChatTemplate::find(dir)?;
+        }
+        Ok(tokenizer)
+    }
+
+    /// Where the chat format comes from, for `rlvr inspect` and run logs.
+    pub fn template_source(&self) -> String {
+        match &self.template {
+            Some(t) => format!("chat template from {}", t.origin),
+            None => format!(
+                "built-in {:?} format (the folder ships no chat template)",
+                self.chat_format
+            ),
+        }
+    }
+
+    /// The token that ends an assistant turn: the template's `eos_token` (Qwen's
+    /// `<|im_end|>`, Llama 3's `<|eot_id|>`), else the built-in format's.
+    pub fn end_of_turn_id(&self) -> Option<i64> {
+        let from_template = self
+            .template
+            .as_ref()
+            .and_then(|t| t.special_tokens.get("eos_token"))
+            .and_then(|v| v.as_str())
+            .and_then(|token| self.token_id(token));
+        from_template.or_else(|| self.token_id(self.chat_format.end_token()))
     }
 
     fn from_inner(inner: tokenizers::Tokenizer) -> Result<Self> {
@@ -98,7 +131,11 @@ impl Tokenizer {
         } else {
             ChatFormat::Rlvr
         };
-        Ok(Self { inner, chat_format })
+        Ok(Self {
+            inner,
+            chat_format,
+            template: None,
+        })
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -166,6 +203,9 @@ impl Tokenizer {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<RenderedChat> {
+        if let Some(template) = &self.template {
+            return self.render_with_template(template, messages, add_generation_prompt);
+        }
         let mut rendered = RenderedChat {
             ids: Vec::new(),
             assistant_mask: Vec::new(),
@@ -197,6 +237,104 @@ impl Tokenizer {
             push(&self.chat_format.header("assistant"), false)?;
         }
         Ok(rendered)
+    }
+
+    /// Renders with the checkpoint's template and tokenizes the text as transformers
+    /// does (no special tokens added: a template writes its own BOS).
+    fn render_with_template(
+        &self,
+        template: &ChatTemplate,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<RenderedChat> {
+        let conversation = Conversation {
+            messages: messages
+                .iter()
+                .map(serde_json::to_value)
+                .collect::<Result<_, _>>()?,
+            add_generation_prompt,
+            ..Conversation::default()
+        };
+        self.render_conversation(template, &conversation)
+    }
+
+    /// A conversation through `template`, with the assistant mask: from `{% generation
+    /// %}` blocks where the template has them, otherwise by rendering (see
+    /// [`Self::assistant_spans_by_rendering`]).
+    pub fn render_conversation(
+        &self,
+        template: &ChatTemplate,
+        conversation: &Conversation,
+    ) -> Result<RenderedChat> {
+        let rendered = template.render_marked(conversation)?;
+        let spans = if template.has_generation_blocks() {
+            rendered.assistant_spans.clone()
+        } else {
+            self.assistant_spans_by_rendering(template, conversation, &rendered.text)?
+        };
+        let encoding = self
+            .inner
+            .encode(rendered.text.as_str(), false)
+            .map_err(|e| anyhow!("cannot tokenize: {e}"))?;
+        let ids: Vec<i64> = encoding.get_ids().iter().map(|&id| i64::from(id)).collect();
+        let assistant_mask = encoding
+            .get_offsets()
+            .iter()
+            .map(|(start, _)| u8::from(spans.iter().any(|s| s.contains(start))))
+            .collect();
+        Ok(RenderedChat {
+            ids,
+            assistant_mask,
+        })
+    }
+
+    /// Assistant turn i starts where the conversation up to it, rendered with a
+    /// generation prompt, ends (the text must start with that prefix). It ends where
+    /// the conversation up to and including it ends, less trailing whitespace; when
+    /// the template renders the turn differently once later turns follow (Qwen3 drops
+    /// earlier `<think>` blocks), it ends after the first end-of-turn token instead.
+    fn assistant_spans_by_rendering(
+        &self,
+        template: &ChatTemplate,
+        conversation: &Conversation,
+        text: &str,
+    ) -> Result<Vec<std::ops::Range<usize>>> {
+        let end_token = self
+            .end_of_turn_id()
+            .and_then(|id| self.token_text(id))
+            .unwrap_or_default();
+        let mut spans = Vec::new();
+        for (i, message) in conversation.messages.iter().enumerate() {
+            if message.get("role").and_then(|r| r.as_str()) != Some("assistant") {
+                continue;
+            }
+            let upto = |n: usize, generation: bool| Conversation {
+                messages: conversation.messages[..n].to_vec(),
+                add_generation_prompt: generation,
+                continue_final_message: false,
+                ..conversation.clone()
+            };
+            let prefix = template.render(&upto(i, true))?;
+            if !text.starts_with(&prefix) {
+                bail!(
+                    "message {i}: cannot find where this assistant turn starts (the template renders earlier turns differently); use a template with {{% generation %}} blocks"
+                );
+            }
+            let whole = template.render(&upto(i + 1, false))?;
+            let end = if text.starts_with(&whole) && whole.len() > prefix.len() {
+                prefix.len() + whole[prefix.len()..].trim_end().len()
+            } else {
+                match (!end_token.is_empty())
+                    .then(|| text[prefix.len()..].find(&end_token))
+                    .flatten()
+                {
+                    Some(at) => prefix.len() + at + end_token.len(),
+                    None => bail!("message {i}: cannot find where this assistant turn ends"),
+                }
+            };
+            spans.push(prefix.len()..end);
+        }
+        Ok(spans)
     }
 
     /// `prompt` as the user turn and `reply` as the assistant's, cut to `max_length`
@@ -346,5 +484,44 @@ mod tests {
                 .to_string()
                 .contains("message 0")
         );
+    }
+
+    #[test]
+    fn a_template_folder_renders_and_masks_like_the_builtin_format() {
+        let builtin = tiny();
+        let mut templated = tiny();
+        let mut specials = serde_json::Map::new();
+        specials.insert("eos_token".into(), END.into());
+        templated.template = Some(ChatTemplate::new(
+            "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}".into(),
+            "test".into(),
+            Vec::new(),
+            specials,
+        ));
+        let messages = [
+            Message {
+                role: "user".into(),
+                content: "What is 2 plus 2?".into(),
+            },
+            Message {
+                role: "assistant".into(),
+                content: "The answer is 4.".into(),
+            },
+            Message {
+                role: "user".into(),
+                content: "And 3 plus 3?".into(),
+            },
+            Message {
+                role: "assistant".into(),
+                content: "The answer is 6.".into(),
+            },
+        ];
+        for (n, generation) in [(4, false), (3, true), (1, true)] {
+            assert_eq!(
+                templated.render_chat(&messages[..n], generation).unwrap(),
+                builtin.render_chat(&messages[..n], generation).unwrap()
+            );
+        }
+        assert_eq!(templated.end_of_turn_id(), builtin.token_id(END));
     }
 }

@@ -320,3 +320,75 @@ fn code_demo_runs_every_stage_and_reuses_them() {
         "runs/demo-code",
     );
 }
+
+/// `rlvr render-chat`: the built-in format without a template, the folder's
+/// chat_template.jinja (over tokenizer_config.json's) with it, and the template's own
+/// message when it raises.
+#[test]
+fn render_chat_uses_the_folders_template_and_reports_its_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = (0..200).map(|i| format!("What is {i} plus {}?", i * 7));
+    let tokenizer = rlvr::tokenizer::Tokenizer::train_bpe(corpus, 300).unwrap();
+    tokenizer.save(&dir.path().join("tokenizer.json")).unwrap();
+    let conversation = dir.path().join("conversation.json");
+    std::fs::write(
+        &conversation,
+        r#"{"messages": [{"role": "user", "content": "What is 2 plus 2?"}, {"role": "assistant", "content": "4"}]}"#,
+    )
+    .unwrap();
+    let folder = dir.path().to_str().unwrap();
+    let args = [
+        "render-chat",
+        "--tokenizer",
+        folder,
+        "--conversation",
+        conversation.to_str().unwrap(),
+        "--json",
+    ];
+    let (ok, stdout, stderr) = rlvr(&args);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("built-in"), "{stderr}");
+    let out: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        out["text"],
+        "<|user|>What is 2 plus 2?<|end|><|assistant|>4<|end|>"
+    );
+
+    std::fs::write(
+        dir.path().join("tokenizer_config.json"),
+        r#"{"bos_token": "<|endoftext|>", "eos_token": "<|end|>", "chat_template": "loses to the .jinja file"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("chat_template.jinja"),
+        "{{ bos_token }}{% for m in messages %}{% if m.role not in ['user', 'assistant'] %}{{ raise_exception('Unknown role: ' + m.role) }}{% endif %}<|{{ m.role }}|>{{ m.content | trim }}<|end|>\n{% endfor %}",
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = rlvr(&args);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("chat_template.jinja"), "{stderr}");
+    let out: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let text = "<|endoftext|><|user|>What is 2 plus 2?<|end|>\n<|assistant|>4<|end|>\n";
+    assert_eq!(out["text"], text);
+    let ids: Vec<i64> = serde_json::from_value(out["input_ids"].clone()).unwrap();
+    assert_eq!(ids, tokenizer.encode(text).unwrap());
+    let bos = tokenizer.token_id("<|endoftext|>").unwrap();
+    assert_eq!(ids.iter().filter(|&&id| id == bos).count(), 1);
+    let mask: Vec<u8> = serde_json::from_value(out["assistant_mask"].clone()).unwrap();
+    let learned: Vec<i64> = ids
+        .iter()
+        .zip(&mask)
+        .filter(|(_, m)| **m == 1)
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(tokenizer.decode(&learned, false).unwrap(), "4<|end|>");
+
+    std::fs::write(
+        &conversation,
+        r#"{"messages": [{"role": "critic", "content": "x"}]}"#,
+    )
+    .unwrap();
+    let (ok, _, stderr) = rlvr(&args);
+    assert!(!ok);
+    assert!(stderr.contains("Unknown role: critic"), "{stderr}");
+}

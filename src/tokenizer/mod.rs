@@ -320,19 +320,34 @@ impl Tokenizer {
                     "message {i}: cannot find where this assistant turn starts (the template renders earlier turns differently); use a template with {{% generation %}} blocks"
                 );
             }
+            // A template that ignores add_generation_prompt leaves the turn's header
+            // after the prefix: start at the content instead.
+            let mut start = prefix.len();
+            if template.render(&upto(i, false))? == prefix {
+                let content = message
+                    .get("content")
+                    .and_then(|c| c.as_str())
+                    .unwrap_or("");
+                match text[start..].find(content.trim()) {
+                    Some(at) if !content.trim().is_empty() => start += at,
+                    _ => bail!(
+                        "message {i}: the template ignores add_generation_prompt and the turn's content is not in the text; use a template with {{% generation %}} blocks"
+                    ),
+                }
+            }
             let whole = template.render(&upto(i + 1, false))?;
-            let end = if text.starts_with(&whole) && whole.len() > prefix.len() {
-                prefix.len() + whole[prefix.len()..].trim_end().len()
+            let end = if text.starts_with(&whole) && whole.len() > start {
+                start + whole[start..].trim_end().len()
             } else {
                 match (!end_token.is_empty())
-                    .then(|| text[prefix.len()..].find(&end_token))
+                    .then(|| text[start..].find(&end_token))
                     .flatten()
                 {
-                    Some(at) => prefix.len() + at + end_token.len(),
+                    Some(at) => start + at + end_token.len(),
                     None => bail!("message {i}: cannot find where this assistant turn ends"),
                 }
             };
-            spans.push(prefix.len()..end);
+            spans.push(start..end);
         }
         Ok(spans)
     }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the logits-parity fixtures for rlvr's own Llama / Qwen2 implementation.
+"""Writes the logits-parity fixtures for rlvr's own Llama / Qwen2 / Qwen3 implementation.
 
 For each architecture it builds a tiny randomly initialised HF transformers model (nothing
 comes from the hub), saves it with save_pretrained (config.json, model.safetensors,
@@ -19,7 +19,7 @@ import sys
 import torch
 import transformers
 from transformers import (GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config,
-                          Qwen2ForCausalLM)
+                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures")
@@ -50,6 +50,17 @@ ARCHS = {
     "llama": (LlamaForCausalLM, LlamaConfig(
         **COMMON, tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0})),
+    # Qwen3: per-head q/k norms, no q/k/v bias, and a head_dim (16) that is not
+    # hidden_size / heads (8), as in the released Qwen3 models. Tied like Qwen3-0.6B..4B,
+    # untied like Qwen3-8B and up.
+    "qwen3": (Qwen3ForCausalLM, Qwen3Config(
+        **COMMON, head_dim=16, tie_word_embeddings=True, attention_bias=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        use_sliding_window=False)),
+    "qwen3-untied": (Qwen3ForCausalLM, Qwen3Config(
+        **COMMON, head_dim=16, tie_word_embeddings=False, attention_bias=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        use_sliding_window=False)),
 }
 
 SINGLE_IDS = [[5, 17, 33, 2, 90, 41, 7, 64]]
@@ -150,6 +161,18 @@ def main():
                 "compare_mask": mask,
                 "logits": logits_list(logits),
             }
+        # the same inputs with the model in bfloat16 (eager attention): log-probs, which is
+        # what training reads
+        bf16 = type(model).from_pretrained(d, dtype=torch.bfloat16, attn_implementation="eager").eval()
+        for case in ("single", "left_padded"):
+            c = cases[case]
+            with torch.no_grad():
+                logits = bf16(input_ids=torch.tensor(c["input_ids"]),
+                              attention_mask=torch.tensor(c["attention_mask"]),
+                              position_ids=torch.tensor(c["position_ids"]), use_cache=False).logits
+            c["bf16_logprobs"] = logits_list(torch.log_softmax(logits.float(), -1))
+        del bf16
+
         # left padding must not change the unpadded tokens' logits: row 0 of the padded
         # batch against the same 5 tokens alone
         alone = run_case(model, torch.tensor([PADDED_IDS[0][3:]]), torch.ones(1, 5, dtype=torch.long),
@@ -169,13 +192,14 @@ def main():
         out_ids = out[0].tolist()
         assert len(out_ids) == len(GREEDY_PROMPT[0]) + GREEDY_NEW, out_ids
         # and the same by argmax over full forwards without a cache
-        ids, margin = list(GREEDY_PROMPT[0]), float("inf")
+        ids, margin, logprobs = list(GREEDY_PROMPT[0]), float("inf"), []
         for _ in range(GREEDY_NEW):
             with torch.no_grad():
                 last = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1]
             top2 = last.topk(2).values
             margin = min(margin, (top2[0] - top2[1]).item())
             ids.append(int(last.argmax()))
+            logprobs.append(float(str(torch.log_softmax(last, -1)[ids[-1]].numpy())))
         assert ids == out_ids, (arch, ids, out_ids)
         new = out_ids[len(GREEDY_PROMPT[0]):]
         cases["greedy"] = {
@@ -184,6 +208,7 @@ def main():
             "do_sample": False,
             "output_ids": [out_ids],
             "new_ids": [new],
+            "new_logprobs": [logprobs],
             "eos_handling": (
                 "generate() called with eos_token_id=None and min_new_tokens=max_new_tokens=10, "
                 "so exactly 10 tokens are generated with no eos stop (config.json still says "
@@ -200,7 +225,7 @@ def main():
             "torch_version": torch.__version__,
             "python_version": sys.version.split()[0],
             "architecture": type(model).__name__,
-            "dtype": "float32",
+            "dtype": "float32 (bf16_logprobs: the model loaded in bfloat16)",
             "attn_implementation": "eager (sdpa agrees to < 1e-4 on compared positions)",
             "init": (f"torch.Generator seed {SEED}: every non-norm parameter (embeddings, linear "
                      f"weights, q/k/v biases) ~ N(0, {INIT_STD}^2); every RMSNorm weight ~ "

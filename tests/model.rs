@@ -183,6 +183,27 @@ fn bad_checkpoints_name_file_and_tensor() {
         "{error}"
     );
 
+    // Qwen2 weights under a Qwen3 config: the per-head norms are missing.
+    std::fs::write(
+        &config_path,
+        original_config.replace("\"qwen2\"", "\"qwen3\""),
+    )
+    .unwrap();
+    let error = load_error(&path);
+    assert!(
+        error.contains("missing") && error.contains("self_attn.q_norm.weight"),
+        "{error}"
+    );
+
+    // Sliding-window layers are refused rather than computed as full attention.
+    std::fs::write(
+        &config_path,
+        original_config.replacen('{', "{\"use_sliding_window\": true,", 1),
+    )
+    .unwrap();
+    let error = load_error(&path);
+    assert!(error.contains("sliding-window attention"), "{error}");
+
     // A config that does not match the weights: misshapen tensor.
     std::fs::write(
         &config_path,

@@ -1,4 +1,4 @@
-//! `config.json` of a Hugging Face Llama / Qwen2 model.
+//! `config.json` of a Hugging Face Llama / Qwen2 / Qwen3 / Mistral model.
 //!
 //! Reads both shapes seen in the wild: transformers 5 nests `rope_theta` (and the rope
 //! scaling) under `rope_parameters` and writes `dtype`; older files have a top-level
@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use std::path::Path;
 
 /// Architectures this crate implements, by `model_type`.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "qwen2", "mistral"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "qwen2", "qwen3", "mistral"];
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct ModelConfig {
@@ -149,6 +149,12 @@ impl ModelConfig {
                 self.head_dim()
             );
         }
+        if self.uses_sliding_window() {
+            bail!(
+                "sliding-window attention (`use_sliding_window` or a `sliding_attention` layer \
+                 in `layer_types`) is not supported: every layer here attends to all positions"
+            );
+        }
         let rope = self.rope();
         let rope_type = rope.rope_type.as_deref().unwrap_or("default");
         if !matches!(rope_type, "default" | "llama3" | "linear") {
@@ -185,9 +191,29 @@ impl ModelConfig {
         rope
     }
 
-    /// q/k/v projections carry a bias: always in Qwen2, by `attention_bias` in Llama.
+    /// q/k/v projections carry a bias: always in Qwen2, by `attention_bias` in Llama
+    /// and Qwen3.
     pub fn qkv_bias(&self) -> bool {
         self.model_type == "qwen2" || self.attention_bias.unwrap_or(false)
+    }
+
+    /// Qwen3 normalises each query and key head (RMSNorm over `head_dim`) before the
+    /// rotary embedding.
+    pub fn qk_norm(&self) -> bool {
+        self.model_type == "qwen3"
+    }
+
+    /// Qwen2/Qwen3 configs can switch some layers to a sliding window, refused here.
+    /// Mistral's `sliding_window` is not applied either: it changes nothing below that
+    /// many positions (4096 in v0.1; later versions set it to null).
+    fn uses_sliding_window(&self) -> bool {
+        let switched_on = self.extra.get("use_sliding_window") == Some(&Value::Bool(true));
+        let sliding_layer = self
+            .extra
+            .get("layer_types")
+            .and_then(Value::as_array)
+            .is_some_and(|types| types.iter().any(|t| t == "sliding_attention"));
+        switched_on || sliding_layer
     }
 
     pub fn o_bias(&self) -> bool {

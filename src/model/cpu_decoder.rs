@@ -86,18 +86,28 @@ impl Norm {
         })
     }
 
-    /// `out` = RMSNorm of each row of `x` [rows, hidden].
+    /// `out` = RMSNorm of each row of `x` [rows, width], width being the weight's
+    /// length (the hidden size, or `head_dim` for Qwen3's per-head norms).
     fn apply(&self, kernels: KernelSet, x: &[f32], out: &mut Vec<f32>) {
         out.clear();
         out.resize(x.len(), 0.0);
-        let hidden = self.weight.len();
-        for (row, normed) in x.chunks_exact(hidden).zip(out.chunks_exact_mut(hidden)) {
-            let mean_square = kernels.dot(row, row) / hidden as f32;
+        let width = self.weight.len();
+        for (row, normed) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+            let mean_square = kernels.dot(row, row) / width as f32;
             let scale = 1.0 / (mean_square + self.eps).sqrt();
             for ((n, v), w) in normed.iter_mut().zip(row).zip(&self.weight) {
                 *n = w * (v * scale);
             }
         }
+    }
+}
+
+/// `None` inside when the model has no such norm; `None` outside when it has one
+/// that cannot be read.
+fn optional_norm(norm: &Option<NormView>) -> Option<Option<Norm>> {
+    match norm {
+        Some(norm) => Norm::new(norm).map(Some),
+        None => Some(None),
     }
 }
 
@@ -107,6 +117,8 @@ struct Layer {
     k: Projection,
     v: Projection,
     o: Projection,
+    q_norm: Option<Norm>,
+    k_norm: Option<Norm>,
     post_norm: Norm,
     gate: Projection,
     up: Projection,
@@ -121,6 +133,8 @@ impl Layer {
             k: Projection::new(&layer.k)?,
             v: Projection::new(&layer.v)?,
             o: Projection::new(&layer.o)?,
+            q_norm: optional_norm(&layer.q_norm)?,
+            k_norm: optional_norm(&layer.k_norm)?,
             post_norm: Norm::new(&layer.post_norm)?,
             gate: Projection::new(&layer.gate)?,
             up: Projection::new(&layer.up)?,
@@ -147,6 +161,7 @@ struct Work {
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
+    head_normed: Vec<f32>,
     attended: Vec<f32>,
     projected: Vec<f32>,
     gate: Vec<f32>,
@@ -270,6 +285,13 @@ impl CpuDecoder {
             layer.q.apply(kernels, &work.normed, &mut work.q);
             layer.k.apply(kernels, &work.normed, &mut work.k);
             layer.v.apply(kernels, &work.normed, &mut work.v);
+            // Qwen3: every head of q and k normalised over head_dim, before rotary.
+            for (norm, x) in [(&layer.q_norm, &mut work.q), (&layer.k_norm, &mut work.k)] {
+                if let Some(norm) = norm {
+                    norm.apply(kernels, x, &mut work.head_normed);
+                    std::mem::swap(x, &mut work.head_normed);
+                }
+            }
             self.rotate(&mut work.q, &entries);
             self.rotate(&mut work.k, &entries);
             self.store(cache, index, &entries, &work.k, &work.v);

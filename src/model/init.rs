@@ -6,7 +6,7 @@
 //! from the run's seed and the variable's name: the result depends only on (config,
 //! seed), and adding a head later (PPO's value head) leaves every other weight as it was.
 //!
-//! The values follow transformers' `_init_weights` for Llama / Qwen2: linear and
+//! The values follow transformers' `_init_weights` for Llama / Qwen2 / Qwen3: linear and
 //! embedding weights from N(0, initializer_range²), biases zero, RMSNorm scales one.
 
 use rand::rngs::StdRng;

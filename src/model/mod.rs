@@ -1,4 +1,4 @@
-//! The policy model: a Llama/Qwen2-family decoder in libtorch, its KV cache, and Hugging
+//! The policy model: a Llama/Qwen2/Qwen3-family decoder in libtorch, its KV cache, and Hugging
 //! Face checkpoint folders.
 
 pub mod checkpoint;

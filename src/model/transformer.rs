@@ -1,5 +1,6 @@
-//! Decoder-only transformer of the Llama / Qwen2 family: RMSNorm, rotary position
-//! embeddings, grouped-query attention, SwiGLU MLP. Variable names follow the Hugging
+//! Decoder-only transformer of the Llama / Qwen2 / Qwen3 family: RMSNorm, rotary
+//! position embeddings, grouped-query attention (Qwen3: each query and key head
+//! RMSNorm-ed before the rotation), SwiGLU MLP. Variable names follow the Hugging
 //! Face checkpoints (`model.layers.0.self_attn.q_proj.weight`, ...), so safetensors
 //! files load by name.
 
@@ -113,6 +114,9 @@ pub(super) struct Attention {
     k_proj: nn::Linear,
     v_proj: nn::Linear,
     o_proj: nn::Linear,
+    /// Qwen3's per-head norms over `head_dim`, applied before the rotary embedding.
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
@@ -126,7 +130,15 @@ impl Attention {
         let head_dim = config.head_dim() as i64;
         let qkv = unset_linear(config.qkv_bias());
         let o = unset_linear(config.o_bias());
+        let head_norm = |name: &str| {
+            let eps = config.rms_norm_eps;
+            config
+                .qk_norm()
+                .then(|| RmsNorm::new(&vs / name, head_dim, eps))
+        };
         Self {
+            q_norm: head_norm("q_norm"),
+            k_norm: head_norm("k_norm"),
             q_proj: nn::linear(&vs / "q_proj", hidden, heads * head_dim, qkv),
             k_proj: nn::linear(&vs / "k_proj", hidden, kv_heads * head_dim, qkv),
             v_proj: nn::linear(&vs / "v_proj", hidden, kv_heads * head_dim, qkv),
@@ -141,17 +153,17 @@ impl Attention {
     /// [batch, kv_heads, seq, head_dim].
     fn project(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> (Tensor, Tensor, Tensor) {
         let (batch, seq, _) = x.size3().expect("hidden states are [batch, seq, hidden]");
-        let split_heads = |t: Tensor, heads: i64| {
-            t.reshape([batch, seq, heads, self.head_dim])
-                .transpose(1, 2)
+        let split_heads = |t: Tensor, heads: i64, norm: Option<&RmsNorm>| {
+            let t = t.reshape([batch, seq, heads, self.head_dim]);
+            match norm {
+                Some(norm) => norm.forward(&t).transpose(1, 2),
+                None => t.transpose(1, 2),
+            }
         };
-        let q = apply_rotary(&split_heads(self.q_proj.forward(x), self.heads), cos, sin);
-        let k = apply_rotary(
-            &split_heads(self.k_proj.forward(x), self.kv_heads),
-            cos,
-            sin,
-        );
-        (q, k, split_heads(self.v_proj.forward(x), self.kv_heads))
+        let q = split_heads(self.q_proj.forward(x), self.heads, self.q_norm.as_ref());
+        let k = split_heads(self.k_proj.forward(x), self.kv_heads, self.k_norm.as_ref());
+        let v = split_heads(self.v_proj.forward(x), self.kv_heads, None);
+        (apply_rotary(&q, cos, sin), apply_rotary(&k, cos, sin), v)
     }
 
     /// Without a cache (training), `mask` is boolean [batch, 1, queries, keys], true
@@ -300,6 +312,9 @@ pub(crate) struct LayerView<'m> {
     pub(crate) k: LinearView<'m>,
     pub(crate) v: LinearView<'m>,
     pub(crate) o: LinearView<'m>,
+    /// Qwen3's per-head query and key norms.
+    pub(crate) q_norm: Option<NormView<'m>>,
+    pub(crate) k_norm: Option<NormView<'m>>,
     pub(crate) post_norm: NormView<'m>,
     pub(crate) gate: LinearView<'m>,
     pub(crate) up: LinearView<'m>,
@@ -331,6 +346,8 @@ fn layer_view(l: &DecoderLayer) -> LayerView<'_> {
         k: linear_view(&l.self_attn.k_proj),
         v: linear_view(&l.self_attn.v_proj),
         o: linear_view(&l.self_attn.o_proj),
+        q_norm: l.self_attn.q_norm.as_ref().map(norm_view),
+        k_norm: l.self_attn.k_norm.as_ref().map(norm_view),
         post_norm: norm_view(&l.post_attention_layernorm),
         gate: linear_view(&l.mlp.gate_proj),
         up: linear_view(&l.mlp.up_proj),

@@ -146,6 +146,13 @@ struct EvalArgs {
     max_new_tokens: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// A JSON object of extra chat-template variables, e.g. '{"enable_thinking": false}'.
+    #[arg(long, value_parser = json_object)]
+    chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+fn json_object(text: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    serde_json::from_str(text).map_err(|e| format!("not a JSON object: {e}"))
 }
 
 impl EvalArgs {
@@ -156,6 +163,7 @@ impl EvalArgs {
             temperature: self.temperature,
             max_new_tokens: self.max_new_tokens,
             seed: self.seed,
+            chat_template_kwargs: self.chat_template_kwargs.clone().unwrap_or_default(),
         }
     }
 }

@@ -36,6 +36,9 @@ pub struct EvalSettings {
     pub temperature: f64,
     pub max_new_tokens: usize,
     pub seed: u64,
+    /// Extra variables for the model's chat template (`enable_thinking`, …).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub chat_template_kwargs: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Default for EvalSettings {
@@ -46,6 +49,7 @@ impl Default for EvalSettings {
             temperature: 1.0,
             max_new_tokens: 128,
             seed: 0,
+            chat_template_kwargs: serde_json::Map::new(),
         }
     }
 }
@@ -140,7 +144,11 @@ pub fn evaluate(model_dir: &Path, task_path: &Path, settings: &EvalSettings) -> 
         Saved::None => {}
     }
     let started = std::time::Instant::now();
-    let tokenizer = Tokenizer::load(&model_dir.join("tokenizer.json"))?;
+    let tokenizer_path = model_dir.join("tokenizer.json");
+    let mut tokenizer = Tokenizer::load(&tokenizer_path)?;
+    tokenizer
+        .set_template_kwargs(settings.chat_template_kwargs.clone())
+        .with_context(|| tokenizer_path.display().to_string())?;
     let model = Model::load(model_dir, tch::Device::Cpu, Dtype::F32)?;
     let mut prompts = load_prompts(&task, task_path, &tokenizer, OnBadRecord::Error)?;
     if let Some(limit) = settings.limit {
@@ -352,11 +360,14 @@ fn run_rows(
             .iter()
             .zip(&texts)
             .zip(&completions)
-            .map(|((&i, text), completion)| Sample {
-                record: &prompts[i].record,
-                prompt: &prompts[i].text,
-                completion: text,
-                completion_tokens: completion.token_ids.len(),
+            .map(|((&i, text), completion)| {
+                Sample::new(
+                    &prompts[i].record,
+                    &prompts[i].text,
+                    text,
+                    completion.token_ids.len(),
+                )
+                .after(&prompts[i].chat_text)
             })
             .collect();
         let scored = rewards.score_batch(&samples);

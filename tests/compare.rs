@@ -57,6 +57,7 @@ fn settings() -> EvalSettings {
         temperature: 1.0,
         max_new_tokens: 6,
         seed: 0,
+        ..EvalSettings::default()
     }
 }
 

@@ -8,6 +8,7 @@ mod common;
 use common::{metrics, rl_config, tiny_model};
 use rlvr::config::RunConfig;
 use rlvr::config::run::Dtype;
+use rlvr::config::task::{Reads, ReasoningTags};
 use rlvr::eval::{self, EvalSettings};
 use rlvr::model::Model;
 use rlvr::reward::{RewardFunction, RewardSet, Sample, Score};
@@ -223,16 +224,13 @@ fn a_nan_gold_reward_does_not_poison_the_total_and_a_nan_weighted_one_is_ungrade
             ),
             ("gold".into(), 0.0, Box::new(Constant(gold))),
         ],
+        reads: vec![Reads::Answer; 2],
+        reasoning: ReasoningTags::default(),
         gold: vec![1],
         proxy: vec![],
     };
     let record = json!({});
-    let sample = Sample {
-        record: &record,
-        prompt: "p",
-        completion: "c",
-        completion_tokens: 1,
-    };
+    let sample = Sample::new(&record, "p", "c", 1);
     let scored = set(f64::NAN, 1.0).score_batch(std::slice::from_ref(&sample));
     assert_eq!(scored[0].total, 1.0);
     assert!(scored[0].graded());

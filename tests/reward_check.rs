@@ -129,12 +129,7 @@ fn broken_reward_scripts_are_infrastructure_errors() {
     use rlvr::reward::{RewardFunction, Sample};
     let dir = tempfile::tempdir().unwrap();
     let record = serde_json::json!({"question": "q"});
-    let sample = Sample {
-        record: &record,
-        prompt: "q",
-        completion: "anything",
-        completion_tokens: 1,
-    };
+    let sample = Sample::new(&record, "q", "anything", 1);
     let limits = rlvr::reward::sandbox::Limits::default();
     for (script, expected) in [
         ("raise RuntimeError('boom')", "RuntimeError: boom"),
@@ -305,4 +300,119 @@ fn write_parquet(path: &Path, rows: &[serde_json::Value]) {
     }
     group.close().unwrap();
     writer.close().unwrap();
+}
+
+/// The rewards of a task written in `dir` from `yaml` (a jsonl source beside it).
+fn reward_set(dir: &Path, yaml: &str) -> rlvr::reward::RewardSet {
+    std::fs::write(dir.join("data.jsonl"), "{\"q\": \"6*7\", \"a\": \"42\"}\n").unwrap();
+    std::fs::write(dir.join("task.yaml"), yaml).unwrap();
+    let task = rlvr::config::TaskConfig::load(&dir.join("task.yaml")).unwrap();
+    rlvr::reward::RewardSet::from_task(&task, dir).unwrap()
+}
+
+#[test]
+fn rewards_read_the_answer_after_the_reasoning_unless_asked_for_the_whole_text() {
+    use rlvr::reward::Sample;
+    let dir = tempfile::tempdir().unwrap();
+    let rewards = reward_set(
+        dir.path(),
+        r#"
+name: t
+source: {path: data.jsonl}
+prompt: "{q}"
+answer_field: a
+rewards:
+  - {kind: math}
+  - {kind: regex, pattern: "(?s).*42.*"}
+  - {kind: regex, name: whole, pattern: "(?s).*42.*", reads: completion}
+  - {kind: format}
+"#,
+    );
+    let record = serde_json::json!({"a": "42"});
+    let score = |prompt: &str, completion: &str| -> Vec<f64> {
+        let scored = rewards.score_batch(&[Sample::new(&record, prompt, completion, 5)]);
+        scored[0].per_function.iter().map(|s| s.value).collect()
+    };
+    // The answer after the block counts; a right guess inside it does not.
+    assert_eq!(
+        score("Q", "<think>6*7=42</think>\nThe answer is 42."),
+        [1.0, 1.0, 1.0, 1.0]
+    );
+    assert_eq!(
+        score("Q", "<think>is it 42?</think>\nThe answer is 41."),
+        [0.0, 0.0, 1.0, 1.0]
+    );
+    // Cut off inside the block: no answer, whatever it holds.
+    let scored = rewards.score_batch(&[Sample::new(&record, "Q", "<think>42, so \\boxed{42}", 5)]);
+    let values: Vec<f64> = scored[0].per_function.iter().map(|s| s.value).collect();
+    assert_eq!(values, [0.0, 0.0, 1.0, 0.0]);
+    assert!(
+        scored[0].per_function[0].reason.contains("never closed"),
+        "{scored:?}"
+    );
+    // The generation prompt opened the block (R1 distills): the completion is inside it.
+    assert_eq!(
+        score("Assistant: <think>\n", "the answer is 42"),
+        [0.0, 0.0, 1.0, 0.0]
+    );
+    assert_eq!(
+        score("Assistant: <think>\n", "so</think> 42"),
+        [1.0, 1.0, 1.0, 0.0]
+    );
+    // Qwen3 with enable_thinking=false closes an empty block in the prompt.
+    assert_eq!(score("<think>\n\n</think>\n\n", "42"), [1.0, 1.0, 1.0, 0.0]);
+}
+
+#[test]
+fn reasoning_tags_are_configurable_and_checked() {
+    use rlvr::reward::Sample;
+    let dir = tempfile::tempdir().unwrap();
+    let rewards = reward_set(
+        dir.path(),
+        r#"
+name: t
+source: {path: data.jsonl}
+prompt: "{q}"
+answer_field: a
+reasoning: {open: "<reasoning>", close: "</reasoning>"}
+rewards: [{kind: exact}, {kind: format}]
+"#,
+    );
+    let record = serde_json::json!({"a": "42"});
+    let scored = rewards.score_batch(&[
+        Sample::new(&record, "Q", "<reasoning>try 41</reasoning>42", 3),
+        Sample::new(&record, "Q", "<reasoning>42", 3),
+    ]);
+    let values =
+        |i: usize| -> Vec<f64> { scored[i].per_function.iter().map(|s| s.value).collect() };
+    // The default format follows the task's tags.
+    assert_eq!(values(0), [1.0, 1.0]);
+    assert_eq!(values(1), [0.0, 0.0]);
+    assert!(
+        scored[1].per_function[0]
+            .reason
+            .contains("<reasoning> never closed")
+    );
+
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "name: t\nsource: {path: data.jsonl}\nprompt: x\nreasoning: {open: \"|\", close: \"|\"}\nrewards: [{kind: format}]\n",
+    )
+    .unwrap();
+    let error = rlvr::config::TaskConfig::load(&dir.path().join("bad.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("reasoning") && error.contains("must differ"),
+        "{error}"
+    );
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "name: t\nsource: {path: data.jsonl}\nprompt: x\nrewards: [{kind: overlong, max_length: 9, cache_length: 2, reads: answer}]\n",
+    )
+    .unwrap();
+    let error = rlvr::config::TaskConfig::load(&dir.path().join("bad.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("`reads` does not apply"), "{error}");
 }

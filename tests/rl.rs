@@ -38,6 +38,9 @@ fn grpo_raises_the_reward_of_a_tiny_model() {
         "clip_ratio/region_mean",
         "completions/mean_length",
         "completions/max_length",
+        "completions/reasoning_length",
+        "completions/answer_length",
+        "completions/unclosed_reasoning_ratio",
         "grad_norm",
         "learning_rate",
         "time/sample",
@@ -50,9 +53,22 @@ fn grpo_raises_the_reward_of_a_tiny_model() {
             rows[0]
         );
     }
+    for row in &rows {
+        let parts = row["completions/reasoning_length"].as_f64().unwrap()
+            + row["completions/answer_length"].as_f64().unwrap();
+        let whole = row["completions/mean_length"].as_f64().unwrap();
+        assert!((parts - whole).abs() < 1e-9, "{row}");
+    }
     let samples = std::fs::read_to_string(config.run_dir().join("samples.jsonl")).unwrap();
     let first: Value = serde_json::from_str(samples.lines().next().unwrap()).unwrap();
-    for key in ["prompt", "completion", "reward", "advantage", "rewards"] {
+    for key in [
+        "prompt",
+        "completion",
+        "reward",
+        "advantage",
+        "rewards",
+        "reasoning_tokens",
+    ] {
         assert!(first.get(key).is_some(), "samples lack {key}: {first}");
     }
     assert_eq!(
@@ -223,4 +239,62 @@ fn ppo_can_train_a_separate_critic() {
     let (policy, critic) = (&variables[name], &variables[&format!("critic.{name}")]);
     let difference = (policy - critic).abs().max().double_value(&[]);
     assert!(difference > 1e-4, "critic and policy weights are the same");
+}
+
+/// The model's own template opens a `<think>` block in the generation prompt unless
+/// `enable_thinking` is false, as Qwen3's and R1's do.
+const THINKING_TEMPLATE: &str = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% if enable_thinking is defined and not enable_thinking %}<think></think>{% else %}<think>{% endif %}{% endif %}";
+
+#[test]
+fn chat_template_kwargs_reach_the_prompts_and_an_open_think_block_has_no_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, kwargs: &str| -> (Vec<Value>, Value) {
+        let path = rl_config(dir.path(), name, "beta: 0.0", "max_steps: 1", 1e-3);
+        let body = std::fs::read_to_string(&path).unwrap() + kwargs;
+        std::fs::write(&path, body).unwrap();
+        let config = RunConfig::load(&path).unwrap();
+        train::rl(&config, StartOptions::default()).unwrap();
+        let samples = std::fs::read_to_string(config.run_dir().join("samples.jsonl")).unwrap();
+        let first = serde_json::from_str(samples.lines().next().unwrap()).unwrap();
+        (metrics(&config.run_dir()), first)
+    };
+    // Without a template, kwargs have nothing to set: refused, naming them.
+    let path = rl_config(dir.path(), "plain", "", "max_steps: 1", 1e-3);
+    let body = std::fs::read_to_string(&path).unwrap()
+        + "chat_template_kwargs: {enable_thinking: false}\n";
+    std::fs::write(&path, body).unwrap();
+    let error = train::rl(&RunConfig::load(&path).unwrap(), StartOptions::default())
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("chat_template_kwargs (enable_thinking)"),
+        "{error:#}"
+    );
+
+    std::fs::write(
+        dir.path().join("model/chat_template.jinja"),
+        THINKING_TEMPLATE,
+    )
+    .unwrap();
+    let (rows, sample) = run("thinking", "");
+    assert!(
+        sample["chat_prompt"].as_str().unwrap().ends_with("<think>"),
+        "{sample}"
+    );
+    // Completions of 6 tokens from a random model never close the block: no answer,
+    // so the has-digit reward is 0 whatever digits they hold.
+    assert_eq!(rows[0]["completions/unclosed_reasoning_ratio"], 1.0);
+    assert_eq!(rows[0]["completions/answer_length"], 0.0);
+    assert_eq!(rows[0]["reward"], 0.0);
+
+    let (rows, sample) = run("direct", "chat_template_kwargs: {enable_thinking: false}\n");
+    assert!(
+        sample["chat_prompt"]
+            .as_str()
+            .unwrap()
+            .ends_with("<think></think>"),
+        "{sample}"
+    );
+    assert_eq!(rows[0]["completions/unclosed_reasoning_ratio"], 0.0);
+    assert_eq!(rows[0]["completions/reasoning_length"], 0.0);
 }

@@ -88,11 +88,8 @@ fn a_reward_model_learns_synthetic_preferences_and_scores_a_task() {
     let task = rlvr::config::TaskConfig::load(&dir.path().join("task.yaml")).unwrap();
     let rewards = rlvr::reward::RewardSet::from_task(&task, dir.path()).unwrap();
     let record = serde_json::json!({});
-    let sample = |completion| rlvr::reward::Sample {
-        record: &record,
-        prompt: "Write a sentence about the sea.",
-        completion,
-        completion_tokens: 0,
+    let sample = |completion| {
+        rlvr::reward::Sample::new(&record, "Write a sentence about the sea.", completion, 0)
     };
     let scored = rewards.score_batch(&[
         sample("the sea is bright and lovely."),
@@ -103,11 +100,9 @@ fn a_reward_model_learns_synthetic_preferences_and_scores_a_task() {
     // The top of the reward model's scale: what the held-out preferred texts score.
     let preferred: Vec<_> = pairs[300..]
         .iter()
-        .map(|p| rlvr::reward::Sample {
-            record: &record,
-            prompt: p["prompt"].as_str().unwrap(),
-            completion: p["chosen"].as_str().unwrap(),
-            completion_tokens: 0,
+        .map(|p| {
+            let (prompt, chosen) = (p["prompt"].as_str().unwrap(), p["chosen"].as_str().unwrap());
+            rlvr::reward::Sample::new(&record, prompt, chosen, 0)
         })
         .collect();
     let preferred = rewards

@@ -31,12 +31,7 @@ pub fn rewards(task_path: &std::path::Path, limit: Option<usize>) -> Result<()> 
     let samples: Vec<Sample> = records
         .iter()
         .zip(&completions)
-        .map(|(record, completion)| Sample {
-            record,
-            prompt: "",
-            completion,
-            completion_tokens: 0,
-        })
+        .map(|(record, completion)| Sample::new(record, "", completion, 0))
         .collect();
     rewards.score_batch(&samples[..1.min(samples.len())]); // load the sandbox outside the timing
     let started = Instant::now();

@@ -38,6 +38,11 @@ pub struct RunConfig {
     /// Reward-model training (`rlvr train-rm`).
     #[serde(default)]
     pub rm: Option<RewardModelSection>,
+    /// Extra variables for the model's chat template (`enable_thinking: false`, …),
+    /// passed to every rendering of prompts and conversations, as TRL's option of the
+    /// same name.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub chat_template_kwargs: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

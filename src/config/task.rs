@@ -25,7 +25,49 @@ pub struct TaskConfig {
     /// canonical program): `rlvr reward-check` scores it to test the rewards.
     #[serde(default)]
     pub reference_field: Option<String>,
+    /// The tags around a completion's reasoning; rewards read what follows the block.
+    #[serde(default)]
+    pub reasoning: ReasoningTags,
     pub rewards: Vec<RewardSpec>,
+}
+
+/// The tags around the reasoning block of a completion (`src/reward/reasoning.rs`
+/// splits at them).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReasoningTags {
+    #[serde(default = "default_open")]
+    pub open: String,
+    #[serde(default = "default_close")]
+    pub close: String,
+}
+
+fn default_open() -> String {
+    "<think>".into()
+}
+
+fn default_close() -> String {
+    "</think>".into()
+}
+
+impl Default for ReasoningTags {
+    fn default() -> Self {
+        Self {
+            open: default_open(),
+            close: default_close(),
+        }
+    }
+}
+
+/// What of a completion a reward reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reads {
+    /// The text after the reasoning block; a block never closed gives no answer and
+    /// the reward 0.
+    Answer,
+    /// The whole completion, reasoning included.
+    Completion,
 }
 
 /// Exactly one of `path` (a jsonl or parquet file, relative to the task file) or
@@ -74,6 +116,10 @@ pub struct RewardSpec {
     /// ignored), to watch a learned reward model being over-optimised.
     #[serde(default)]
     pub gold: bool,
+    /// What the reward reads: `answer` (default) or `completion` (default for
+    /// `format`, which checks the whole structure, and `overlong`, which counts tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reads: Option<Reads>,
     /// math, exact: the record field with the reference (default: the task's answer_field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer_field: Option<String>,
@@ -126,6 +172,13 @@ pub struct RewardSpec {
 }
 
 impl RewardSpec {
+    pub fn reads(&self) -> Reads {
+        self.reads.unwrap_or(match self.kind {
+            RewardKind::Format | RewardKind::Overlong => Reads::Completion,
+            _ => Reads::Answer,
+        })
+    }
+
     pub fn display_name(&self) -> String {
         self.name.clone().unwrap_or_else(|| {
             serde_yaml::to_string(&self.kind)
@@ -138,6 +191,7 @@ impl RewardSpec {
     /// The optional keys that are set, by name.
     fn keys_set(&self) -> Vec<&'static str> {
         let set = [
+            ("reads", self.reads.is_some()),
             ("answer_field", self.answer_field.is_some()),
             ("tolerance", self.tolerance.is_some()),
             ("last_number_fallback", self.last_number_fallback.is_some()),
@@ -162,24 +216,30 @@ impl RewardSpec {
     }
 
     fn allowed_keys(&self) -> &'static [&'static str] {
-        const SANDBOX: [&str; 4] = ["runtime", "fuel", "memory_mb", "timeout_s"];
         match self.kind {
-            RewardKind::Math => &["answer_field", "tolerance", "last_number_fallback"],
-            RewardKind::Exact => &["answer_field"],
-            RewardKind::Format => &["pattern"],
-            RewardKind::Regex => &["pattern"],
+            RewardKind::Math => &["reads", "answer_field", "tolerance", "last_number_fallback"],
+            RewardKind::Exact => &["reads", "answer_field"],
+            RewardKind::Format | RewardKind::Regex => &["reads", "pattern"],
             RewardKind::Code => &[
+                "reads",
                 "tests_field",
                 "entry_point_field",
                 "setup_field",
                 "scoring",
-                SANDBOX[0],
-                SANDBOX[1],
-                SANDBOX[2],
-                SANDBOX[3],
+                "runtime",
+                "fuel",
+                "memory_mb",
+                "timeout_s",
             ],
-            RewardKind::Script => &["script", SANDBOX[0], SANDBOX[1], SANDBOX[2], SANDBOX[3]],
-            RewardKind::RewardModel => &["model", "max_length"],
+            RewardKind::Script => &[
+                "reads",
+                "script",
+                "runtime",
+                "fuel",
+                "memory_mb",
+                "timeout_s",
+            ],
+            RewardKind::RewardModel => &["reads", "model", "max_length"],
             RewardKind::Overlong => &["max_length", "cache_length"],
         }
     }
@@ -255,6 +315,13 @@ impl TaskConfig {
         }
         if self.rewards.is_empty() {
             return Err(fail("rewards", "a task needs at least one reward function"));
+        }
+        let tags = &self.reasoning;
+        if tags.open.trim().is_empty() || tags.close.trim().is_empty() {
+            return Err(fail("reasoning", "`open` and `close` must not be empty"));
+        }
+        if tags.open == tags.close {
+            return Err(fail("reasoning", "`open` and `close` must differ"));
         }
         for (i, reward) in self.rewards.iter().enumerate() {
             reward

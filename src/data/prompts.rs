@@ -15,6 +15,9 @@ pub struct Prompt {
     pub text: String,
     /// Chat-templated ids, ending with the assistant header.
     pub ids: Vec<i64>,
+    /// Those ids as text, special tokens kept: what the model continues from (its end
+    /// says whether the template opened a reasoning block).
+    pub chat_text: String,
 }
 
 /// The task's records as prompts; records lacking the answer field or whose prompt
@@ -49,6 +52,7 @@ pub fn load_prompts(
         Ok(Prompt {
             record: record.clone(),
             text,
+            chat_text: tokenizer.decode(&ids, false)?,
             ids,
         })
     })

@@ -45,12 +45,10 @@ pub fn run(task_path: &Path, options: &CheckOptions) -> Result<CheckReport> {
     let rewards = RewardSet::from_task(&task, task_dir)?;
     let samples: Vec<Sample> = completions
         .iter()
-        .map(|(index, completion)| Sample {
-            record: &records[*index],
-            prompt: &prompts[*index],
-            completion,
+        .map(|(index, completion)| {
             // No tokenizer here: words stand in for tokens (only `overlong` reads it).
-            completion_tokens: completion.split_whitespace().count(),
+            let words = completion.split_whitespace().count();
+            Sample::new(&records[*index], &prompts[*index], completion, words)
         })
         .collect();
     let started = std::time::Instant::now();

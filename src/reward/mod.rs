@@ -7,12 +7,13 @@
 pub mod check;
 pub mod code;
 pub mod math;
+pub mod reasoning;
 pub mod reward_model;
 pub mod sandbox;
 pub mod script;
 pub mod text;
 
-use crate::config::task::{RewardKind, RewardSpec, TaskConfig};
+use crate::config::task::{Reads, ReasoningTags, RewardKind, RewardSpec, TaskConfig};
 use anyhow::Result;
 use rayon::prelude::*;
 use sandbox::{Limits, Runtime, Sandbox, Verdict};
@@ -20,13 +21,49 @@ use serde::Serialize;
 use serde_json::Value;
 
 /// What a reward function is shown.
+#[derive(Clone, Copy)]
 pub struct Sample<'a> {
     /// The task record (its fields, e.g. the reference answer or the tests).
     pub record: &'a Value,
+    /// The prompt as the task wrote it (without the chat template).
     pub prompt: &'a str,
+    /// The chat-templated text the model continued from (the prompt when unknown): a
+    /// template can open the reasoning block there.
+    pub chat_prompt: &'a str,
+    /// What the reward reads (its `reads` key): the answer after the reasoning block
+    /// (by default), or the whole completion.
     pub completion: &'a str,
-    /// Completion length in tokens (for length shaping).
+    /// The reasoning block, tags included; empty when there is none.
+    pub reasoning: &'a str,
+    /// Completion length in tokens (for length shaping), reasoning included.
     pub completion_tokens: usize,
+}
+
+impl<'a> Sample<'a> {
+    /// A whole completion; [`RewardSet::score_batch`] shows each reward its part.
+    pub fn new(
+        record: &'a Value,
+        prompt: &'a str,
+        completion: &'a str,
+        completion_tokens: usize,
+    ) -> Self {
+        Self {
+            record,
+            prompt,
+            chat_prompt: prompt,
+            completion,
+            reasoning: "",
+            completion_tokens,
+        }
+    }
+
+    /// The same sample, continued from `chat_prompt`.
+    pub fn after(self, chat_prompt: &'a str) -> Self {
+        Self {
+            chat_prompt,
+            ..self
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -83,6 +120,10 @@ pub trait RewardFunction: Send + Sync {
 /// A task's reward functions with their names and weights.
 pub struct RewardSet {
     pub functions: Vec<(String, f64, Box<dyn RewardFunction>)>,
+    /// What each function reads.
+    pub reads: Vec<Reads>,
+    /// Where the reasoning block of a completion ends.
+    pub reasoning: ReasoningTags,
     /// Indices of the gold functions (weight 0 in the total) and of the learned reward
     /// models they watch (the proxy).
     pub gold: Vec<usize>,
@@ -163,6 +204,8 @@ impl RewardSet {
         };
         Ok(Self {
             functions,
+            reads: task.rewards.iter().map(RewardSpec::reads).collect(),
+            reasoning: task.reasoning.clone(),
             gold: indices(&|s| s.gold),
             proxy: indices(&|s| !s.gold && s.kind == RewardKind::RewardModel),
         })
@@ -175,32 +218,72 @@ impl RewardSet {
             .collect()
     }
 
-    /// Scores every sample with every function, in parallel over samples.
+    /// Scores every sample with every function, in parallel over samples. A function
+    /// that reads the answer is shown the text after the reasoning block; a completion
+    /// whose block was never closed has none and scores 0 there, unseen.
     pub fn score_batch(&self, samples: &[Sample]) -> Vec<Scored> {
+        let answers: Vec<Option<Sample>> = samples
+            .iter()
+            .map(|s| {
+                let split = reasoning::split(&self.reasoning, s.chat_prompt, s.completion);
+                split.answer.map(|answer| Sample {
+                    completion: answer,
+                    reasoning: split.reasoning,
+                    ..*s
+                })
+            })
+            .collect();
+        let shown = |reads: Reads, i: usize| match reads {
+            Reads::Completion => Some(samples[i]),
+            Reads::Answer => answers[i],
+        };
         let batched: Vec<Option<Vec<Score>>> = self
             .functions
             .iter()
-            .map(|(_, _, f)| f.score_all(samples))
+            .zip(&self.reads)
+            .map(|((_, _, f), &reads)| {
+                // Unanswered completions are scored as empty and then overridden.
+                let view: Vec<Sample> = (0..samples.len())
+                    .map(|i| {
+                        shown(reads, i).unwrap_or(Sample {
+                            completion: "",
+                            ..samples[i]
+                        })
+                    })
+                    .collect();
+                f.score_all(&view)
+            })
             .collect();
         let weights: Vec<f64> = self.functions.iter().map(|(_, w, _)| *w).collect();
-        samples
-            .par_iter()
-            .enumerate()
-            .map(|(i, sample)| {
+        (0..samples.len())
+            .into_par_iter()
+            .map(|i| {
                 let started = std::time::Instant::now();
                 let per_function: Vec<Score> = self
                     .functions
                     .iter()
+                    .zip(&self.reads)
                     .zip(&batched)
-                    .map(|((_, _, f), all)| match all {
-                        Some(scores) => scores[i].clone(),
-                        None => f.score(sample),
+                    .map(|(((_, _, f), &reads), all)| match (shown(reads, i), all) {
+                        (None, _) => self.no_answer(),
+                        (Some(_), Some(scores)) => scores[i].clone(),
+                        (Some(sample), None) => f.score(&sample),
                     })
                     .map(checked)
                     .collect();
                 Scored::new(per_function, &weights, started.elapsed().as_secs_f64())
             })
             .collect()
+    }
+
+    fn no_answer(&self) -> Score {
+        Score::new(
+            0.0,
+            format!(
+                "no final answer ({} never closed by {})",
+                self.reasoning.open, self.reasoning.close
+            ),
+        )
     }
 }
 
@@ -232,7 +315,10 @@ fn build(
         RewardKind::Exact => Box::new(text::ExactReward {
             answer_field: answer_field(),
         }),
-        RewardKind::Format => Box::new(text::RegexReward::format(spec.pattern.as_deref())?),
+        RewardKind::Format => Box::new(text::RegexReward::format(
+            spec.pattern.as_deref(),
+            &task.reasoning,
+        )?),
         RewardKind::Regex => Box::new(text::RegexReward::new(
             spec.pattern.as_deref().unwrap_or_default(),
         )?),

@@ -1,6 +1,7 @@
 //! The `script` reward: a Python file (usually in `rewards/`) run in the sandbox. It
-//! reads one JSON object on stdin (the record's fields plus `prompt` and `completion`)
-//! and prints `{"score": x, "reason": "..."}` as its last line.
+//! reads one JSON object on stdin (the record's fields plus `prompt`, `completion` (the
+//! answer after the reasoning block, or the whole text with `reads: completion`) and
+//! `reasoning`) and prints `{"score": x, "reason": "..."}` as its last line.
 //!
 //! A script that crashes or prints no score is the grader's failure, reported as an
 //! infrastructure error. A timeout or memory verdict scores 0: a completion can cause
@@ -44,6 +45,7 @@ impl RewardFunction for ScriptReward {
         };
         input.insert("prompt".into(), sample.prompt.into());
         input.insert("completion".into(), sample.completion.into());
+        input.insert("reasoning".into(), sample.reasoning.into());
         let sandbox = match Sandbox::shared(self.runtime) {
             Ok(sandbox) => sandbox,
             Err(error) => return self.failure(&error.to_string()),

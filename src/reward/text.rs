@@ -3,6 +3,7 @@
 
 use super::math::{self, MathOptions};
 use super::{RewardFunction, Sample, Score};
+use crate::config::task::ReasoningTags;
 use anyhow::{Context, Result};
 use regex::Regex;
 use serde_json::Value;
@@ -58,9 +59,6 @@ pub struct RegexReward {
     pattern: Regex,
 }
 
-/// `<think>…</think>` then a non-empty answer, and nothing before the thinking.
-const DEFAULT_FORMAT: &str = r"(?s)^\s*<think>.*?</think>\s*\S.*$";
-
 impl RegexReward {
     pub fn new(pattern: &str) -> Result<Self> {
         // Anchored so that a pattern describes the whole completion.
@@ -70,12 +68,18 @@ impl RegexReward {
         Ok(Self { pattern })
     }
 
-    pub fn format(pattern: Option<&str>) -> Result<Self> {
+    /// The given pattern, else: the reasoning block (`<think>…</think>` unless the task
+    /// names other tags) then a non-empty answer, and nothing before the block.
+    pub fn format(pattern: Option<&str>, tags: &ReasoningTags) -> Result<Self> {
         match pattern {
             Some(p) => Self::new(p),
-            None => Ok(Self {
-                pattern: Regex::new(DEFAULT_FORMAT).context("default format pattern")?,
-            }),
+            None => {
+                let (open, close) = (regex::escape(&tags.open), regex::escape(&tags.close));
+                let default = format!(r"(?s)^\s*{open}.*?{close}\s*\S.*$");
+                Ok(Self {
+                    pattern: Regex::new(&default).context("default format pattern")?,
+                })
+            }
         }
     }
 }
@@ -123,17 +127,12 @@ mod tests {
     use super::*;
 
     fn sample<'a>(record: &'a Value, completion: &'a str, tokens: usize) -> Sample<'a> {
-        Sample {
-            record,
-            prompt: "",
-            completion,
-            completion_tokens: tokens,
-        }
+        Sample::new(record, "", completion, tokens)
     }
 
     #[test]
     fn format_requires_think_then_answer() {
-        let format = RegexReward::format(None).unwrap();
+        let format = RegexReward::format(None, &ReasoningTags::default()).unwrap();
         let record = Value::Null;
         let score = |c: &str| format.score(&sample(&record, c, 0)).value;
         assert_eq!(score("<think>2+2 is 4</think> The answer is 4."), 1.0);

@@ -84,6 +84,9 @@ pub struct Tokenizer {
     pub chat_format: ChatFormat,
     /// The checkpoint's own template (`chat_template.jinja` or tokenizer_config.json).
     pub template: Option<ChatTemplate>,
+    /// Extra template variables (`enable_thinking`, …) every rendering passes: a run
+    /// config's `chat_template_kwargs`.
+    template_kwargs: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Tokenizer {
@@ -135,6 +138,7 @@ impl Tokenizer {
             inner,
             chat_format,
             template: None,
+            template_kwargs: serde_json::Map::new(),
         })
     }
 
@@ -196,6 +200,25 @@ impl Tokenizer {
         self.decode(&ids, true)
     }
 
+    /// Passes `kwargs` to every later rendering of the chat template. Refused for a
+    /// tokenizer without one: the built-in formats have no variables to set.
+    pub fn set_template_kwargs(
+        &mut self,
+        kwargs: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<()> {
+        if self.template.is_none() && !kwargs.is_empty() {
+            let keys: Vec<&str> = kwargs.keys().map(String::as_str).collect();
+            bail!(
+                "chat_template_kwargs ({}) given, but this tokenizer has no chat template \
+                 (its built-in {:?} format takes none)",
+                keys.join(", "),
+                self.chat_format
+            );
+        }
+        self.template_kwargs = kwargs;
+        Ok(())
+    }
+
     /// Renders a conversation; with `add_generation_prompt` it ends with the header of
     /// an assistant turn, ready for sampling.
     pub fn render_chat(
@@ -253,6 +276,7 @@ impl Tokenizer {
                 .map(serde_json::to_value)
                 .collect::<Result<_, _>>()?,
             add_generation_prompt,
+            template_kwargs: self.template_kwargs.clone(),
             ..Conversation::default()
         };
         self.render_conversation(template, &conversation)

@@ -58,6 +58,15 @@ pub fn tch_device(device: Device) -> Result<tch::Device> {
 
 /// The policy a run starts from (a model folder, or a new model from `model.init`)
 /// and the tokenizer.json that goes with it.
+/// The run's tokenizer, rendering chats with the config's `chat_template_kwargs`.
+pub fn run_tokenizer(config: &RunConfig, path: &std::path::Path) -> Result<Tokenizer> {
+    let mut tokenizer = Tokenizer::load(path)?;
+    tokenizer
+        .set_template_kwargs(config.chat_template_kwargs.clone())
+        .with_context(|| format!("{}", path.display()))?;
+    Ok(tokenizer)
+}
+
 pub fn initial_model(config: &RunConfig) -> Result<(Model, PathBuf)> {
     let device = tch_device(config.device)?;
     let section = &config.model;

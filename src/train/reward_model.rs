@@ -177,7 +177,7 @@ pub fn run(config: &RunConfig, options: super::StartOptions) -> Result<PathBuf> 
         .tokenizer
         .clone()
         .unwrap_or(path.join("tokenizer.json"));
-    let tokenizer = Tokenizer::load(&tokenizer_path)?;
+    let tokenizer = super::run_tokenizer(config, &tokenizer_path)?;
     let mut pairs = load_pairs(config, &tokenizer, &section)?;
     let held = (pairs.len() as f64 * section.eval_fraction).round() as usize;
     if pairs.len() <= held {

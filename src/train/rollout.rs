@@ -7,7 +7,7 @@ use crate::config::run::RlSection;
 use crate::config::{RunConfig, TaskConfig};
 use crate::data::prompts::{Prompt, load_prompts};
 use crate::model::Model;
-use crate::reward::{RewardSet, Sample, Score, Scored};
+use crate::reward::{RewardSet, Sample, Score, Scored, reasoning};
 use crate::run::{Metrics, RunDir};
 use crate::sample::{self, Completion, FinishReason, SamplingParams};
 use crate::tokenizer::Tokenizer;
@@ -25,6 +25,10 @@ pub struct Rollout {
     pub scored: Scored,
     /// The advantage the update gives the sequence (for the logs).
     pub advantage: f64,
+    /// Tokens of the reasoning block (all of them when it was never closed).
+    pub reasoning_tokens: usize,
+    /// The reasoning block was closed (or never opened): there is an answer.
+    pub answered: bool,
 }
 
 pub struct RolloutSource {
@@ -92,7 +96,7 @@ impl RolloutSource {
             .context("an RL run needs an `rl` section")?;
         let task_path = config.task.clone().context("an RL run needs a `task`")?;
         let task = TaskConfig::load(&task_path)?;
-        let tokenizer = Tokenizer::load(tokenizer_path)?;
+        let tokenizer = super::run_tokenizer(config, tokenizer_path)?;
         let prompts = load_prompts(&task, &task_path, &tokenizer, config.train.on_bad_record)?;
         if prompts.is_empty() {
             bail!("{}: no usable prompts", task_path.display());
@@ -167,11 +171,14 @@ impl RolloutSource {
             .iter()
             .zip(&texts)
             .zip(&completions)
-            .map(|((&p, text), completion)| Sample {
-                record: &self.prompts[p].record,
-                prompt: &self.prompts[p].text,
-                completion: text,
-                completion_tokens: completion.token_ids.len(),
+            .map(|((&p, text), completion)| {
+                Sample::new(
+                    &self.prompts[p].record,
+                    &self.prompts[p].text,
+                    text,
+                    completion.token_ids.len(),
+                )
+                .after(&self.prompts[p].chat_text)
             })
             .collect();
         let scored = self.rewards.score_batch(&samples);
@@ -181,12 +188,29 @@ impl RolloutSource {
             .zip(completions)
             .zip(texts)
             .zip(scored)
-            .map(|(((prompt, completion), text), scored)| Rollout {
-                prompt,
-                completion,
-                text,
-                scored,
-                advantage: 0.0,
+            .map(|(((prompt, completion), text), scored)| {
+                let split = reasoning::split(
+                    &self.rewards.reasoning,
+                    &self.prompts[prompt].chat_text,
+                    &text,
+                );
+                let reasoning_tokens = match split.answer {
+                    None => completion.token_ids.len(),
+                    Some(_) => tokens_spanning(
+                        &self.tokenizer,
+                        &completion.token_ids,
+                        split.reasoning.len(),
+                    ),
+                };
+                Rollout {
+                    prompt,
+                    answered: split.answer.is_some(),
+                    reasoning_tokens,
+                    completion,
+                    text,
+                    scored,
+                    advantage: 0.0,
+                }
             })
             .collect())
     }
@@ -345,6 +369,18 @@ impl RolloutSource {
             .filter(|r| r.completion.finish_reason == FinishReason::Length)
             .count();
         metrics.insert("completions/clipped_ratio".into(), truncated as f64 / n);
+        let reasoning: usize = rollouts.iter().map(|r| r.reasoning_tokens).sum();
+        let total: usize = lengths.iter().sum();
+        metrics.insert("completions/reasoning_length".into(), reasoning as f64 / n);
+        metrics.insert(
+            "completions/answer_length".into(),
+            (total - reasoning) as f64 / n,
+        );
+        let unanswered = rollouts.iter().filter(|r| !r.answered).count();
+        metrics.insert(
+            "completions/unclosed_reasoning_ratio".into(),
+            unanswered as f64 / n,
+        );
     }
 
     /// Stops the run when too many completions could not be graded: training on what
@@ -396,12 +432,14 @@ impl RolloutSource {
                 json!({
                     "step": step,
                     "prompt": self.prompts[r.prompt].text,
+                    "chat_prompt": self.prompts[r.prompt].chat_text,
                     "completion": r.text,
                     "reward": r.scored.graded().then_some(r.scored.total),
                     "ungraded": r.scored.ungraded,
                     "rewards": rewards,
                     "advantage": r.advantage,
                     "tokens": r.completion.token_ids.len(),
+                    "reasoning_tokens": r.reasoning_tokens,
                     "finish_reason": r.completion.finish_reason,
                 })
             })
@@ -410,7 +448,29 @@ impl RolloutSource {
     }
 }
 
-/// The frozen KL reference: `model.reference`, or the policy's starting weights.
+/// How many of `ids` it takes to decode to at least `bytes` bytes of text: where
+/// the reasoning block ends, in tokens (a binary search over decoded prefixes).
+fn tokens_spanning(tokenizer: &Tokenizer, ids: &[i64], bytes: usize) -> usize {
+    if bytes == 0 {
+        return 0;
+    }
+    let decoded_len = |k: usize| {
+        tokenizer
+            .decode_completion(&ids[..k])
+            .map_or(0, |text| text.len())
+    };
+    let (mut low, mut high) = (0, ids.len());
+    while low < high {
+        let mid = (low + high) / 2;
+        if decoded_len(mid) >= bytes {
+            high = mid;
+        } else {
+            low = mid + 1;
+        }
+    }
+    low
+}
+
 /// Each rollout's row of a [rows, tokens] tensor, cut to its completion's length.
 pub fn completion_rows(values: &Tensor, rollouts: &[Rollout]) -> Result<Vec<Vec<f32>>> {
     rollouts
@@ -435,6 +495,7 @@ pub fn batch_metrics(metrics: &Metrics, first_update: bool) -> Metrics {
         .collect()
 }
 
+/// The frozen KL reference: `model.reference`, or the policy's starting weights.
 pub fn reference_model(config: &RunConfig, policy: &Model) -> Result<Model> {
     let path: PathBuf = match (&config.model.reference, &config.model.path) {
         (Some(reference), _) => reference.clone(),
@@ -481,5 +542,24 @@ mod tests {
         recovered.extend((0..10).map(|i| (1.0 + i as f64 * 0.1, 0.5 + i as f64 * 0.05)));
         assert!(!overoptimized(&recovered, 10));
         assert!((slope(&[1.0, 3.0, 5.0]) - 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_reasoning_length_is_counted_in_tokens() {
+        let corpus = ["<think>one two three</think> four five"; 50].map(String::from);
+        let tokenizer = Tokenizer::train_bpe(corpus.into_iter(), 300).unwrap();
+        let text = "<think>one two three</think> four five";
+        let ids = tokenizer.encode(text).unwrap();
+        let reasoning = "<think>one two three</think>";
+        let k = tokens_spanning(&tokenizer, &ids, reasoning.len());
+        let head = tokenizer.decode_completion(&ids[..k]).unwrap();
+        assert!(
+            head.starts_with(reasoning) && head.len() < text.len(),
+            "{head:?}"
+        );
+        let shorter = tokenizer.decode_completion(&ids[..k - 1]).unwrap();
+        assert!(shorter.len() < reasoning.len(), "{shorter:?}");
+        assert_eq!(tokens_spanning(&tokenizer, &ids, 0), 0);
+        assert_eq!(tokens_spanning(&tokenizer, &ids, text.len()), ids.len());
     }
 }

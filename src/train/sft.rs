@@ -44,7 +44,7 @@ pub fn conversations(config: &RunConfig, tokenizer: &Tokenizer) -> Result<Exampl
 
 pub fn run(config: &RunConfig, options: super::StartOptions) -> Result<PathBuf> {
     let (model, tokenizer_path) = super::initial_model(config)?;
-    let tokenizer = Tokenizer::load(&tokenizer_path)?;
+    let tokenizer = super::run_tokenizer(config, &tokenizer_path)?;
     let examples = conversations(config, &tokenizer)?;
     let mut objective = NextToken::new(examples, config)?;
     super::train(

@@ -11,7 +11,6 @@ import sys
 import transformers
 from transformers.utils.chat_template_utils import render_jinja_template
 
-TEMPLATES = pathlib.Path(sys.argv[1])
 SPECIALS = {"bos_token": "<BOS>", "eos_token": "<EOS>"}
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city <today> & now",
           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
@@ -39,25 +38,31 @@ CONVERSATIONS = {
 NAMES = ["qwen2_5", "qwen3", "qwen3_training", "llama3_1", "llama3_2", "gemma3", "phi3_5",
          "deepseek_r1_distill", "deepseekv3", "cohere", "qwen3_instruct_2507"]
 
-cases = []
-for name in NAMES:
-    source = (TEMPLATES / f"{name}.jinja").read_text()
-    for label, conv in CONVERSATIONS.items():
-        kwargs = dict(SPECIALS, date_string="26 Jul 2024", **conv.get("template_kwargs", {}))
-        case = {"template": name, "label": label, "conversation": conv, "special_tokens": SPECIALS}
-        try:
-            rendered, masks = render_jinja_template(
-                [conv["messages"]], tools=conv.get("tools"), chat_template=source,
-                add_generation_prompt=conv.get("add_generation_prompt", False),
-                continue_final_message=conv.get("continue_final_message", False),
-                return_assistant_tokens_mask=True, **kwargs)
-            case["text"] = rendered[0]
-            if "{% generation %}" in source or "{%- generation %}" in source:
-                case["assistant_spans"] = masks[0]
-        except Exception as e:  # the template raised: rlvr must fail too
-            case["error"] = str(e)
-        cases.append(case)
+def main():
+    templates = pathlib.Path(sys.argv[1])
+    cases = []
+    for name in NAMES:
+        source = (templates / f"{name}.jinja").read_text()
+        for label, conv in CONVERSATIONS.items():
+            kwargs = dict(SPECIALS, date_string="26 Jul 2024", **conv.get("template_kwargs", {}))
+            case = {"template": name, "label": label, "conversation": conv, "special_tokens": SPECIALS}
+            try:
+                rendered, masks = render_jinja_template(
+                    [conv["messages"]], tools=conv.get("tools"), chat_template=source,
+                    add_generation_prompt=conv.get("add_generation_prompt", False),
+                    continue_final_message=conv.get("continue_final_message", False),
+                    return_assistant_tokens_mask=True, **kwargs)
+                case["text"] = rendered[0]
+                if "{% generation %}" in source or "{%- generation %}" in source:
+                    case["assistant_spans"] = masks[0]
+            except Exception as e:  # the template raised: rlvr must fail too
+                case["error"] = str(e)
+            cases.append(case)
 
-out = pathlib.Path(__file__).resolve().parent.parent / "tests/fixtures/chat_templates.json"
-out.write_text(json.dumps({"transformers": transformers.__version__, "cases": cases}, indent=1, ensure_ascii=False) + "\n")
-print(f"{out}: {len(cases)} cases, {sum('error' in c for c in cases)} errors")
+    out = pathlib.Path(__file__).resolve().parent.parent / "tests/fixtures/chat_templates.json"
+    out.write_text(json.dumps({"transformers": transformers.__version__, "cases": cases}, indent=1, ensure_ascii=False) + "\n")
+    print(f"{out}: {len(cases)} cases, {sum('error' in c for c in cases)} errors")
+
+
+if __name__ == "__main__":
+    main()

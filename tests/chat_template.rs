@@ -106,3 +106,138 @@ fn renders_real_templates_as_transformers_does() {
         failures.join("\n")
     );
 }
+
+/// Token ids (and, for `{% generation %}` templates, the assistant mask) equal to
+/// transformers' `apply_chat_template` on tokenizers shaped like Qwen's, Llama 3's (its
+/// post-processor adds BOS, the template writes it too: one BOS) and SentencePiece
+/// Gemma/Phi ones; fixtures from scripts/make_chat_token_fixtures.py. A template
+/// without `{% generation %}` blocks gets its mask by rendering; where TRL's
+/// `{name}_training` variant of it gives the same ids, transformers' mask from that
+/// variant must equal it.
+#[test]
+fn tokenizes_real_templates_as_transformers_does() {
+    let templates = template_dir();
+    let root = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/chat-tokenizers"
+    );
+    let fixtures: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{root}/expected.json")).unwrap())
+            .unwrap();
+    let cases = fixtures["cases"].as_array().unwrap();
+    let key = |c: &Value| {
+        let field = |k: &str| c[k].as_str().unwrap().to_string();
+        (field("tokenizer"), field("template"), field("label"))
+    };
+    let by_key: std::collections::HashMap<_, &Value> = cases.iter().map(|c| (key(c), c)).collect();
+    let mut failures = Vec::new();
+    let (mut checked_masks, mut rendered_masks) = (0, 0);
+    for case in cases {
+        let (family, name, label) = (
+            case["tokenizer"].as_str().unwrap(),
+            case["template"].as_str().unwrap(),
+            case["label"].as_str().unwrap(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        for file in ["tokenizer.json", "tokenizer_config.json"] {
+            std::fs::copy(format!("{root}/{family}/{file}"), dir.path().join(file)).unwrap();
+        }
+        std::fs::copy(
+            templates.join(format!("{name}.jinja")),
+            dir.path().join("chat_template.jinja"),
+        )
+        .unwrap();
+        let tokenizer =
+            rlvr::tokenizer::Tokenizer::load(&dir.path().join("tokenizer.json")).unwrap();
+        let mut conversation: Conversation =
+            serde_json::from_value(case["conversation"].clone()).unwrap();
+        conversation
+            .template_kwargs
+            .insert("date_string".into(), "26 Jul 2024".into());
+        let template = tokenizer.template.as_ref().expect("the folder's template");
+        match (
+            tokenizer.render_conversation(template, &conversation),
+            case.get("input_ids"),
+        ) {
+            (Ok(ours), Some(ids)) => {
+                let ids: Vec<i64> = serde_json::from_value(ids.clone()).unwrap();
+                if ours.ids != ids {
+                    failures.push(format!(
+                        "{family}/{name}/{label}: ids {:?}\n   hf: {ids:?}",
+                        ours.ids
+                    ));
+                    continue;
+                }
+                let (f, t, l) = key(case);
+                let training = by_key
+                    .get(&(f, format!("{t}_training"), l))
+                    .filter(|c| c.get("input_ids") == Some(&serde_json::to_value(&ids).unwrap()));
+                let mask = case
+                    .get("assistant_mask")
+                    .or_else(|| training.and_then(|c| c.get("assistant_mask")));
+                if let Some(mask) = mask {
+                    let mask: Vec<u8> = serde_json::from_value(mask.clone()).unwrap();
+                    checked_masks += 1;
+                    let rendered = case.get("assistant_mask").is_none();
+                    rendered_masks += usize::from(rendered);
+                    let piece = |k: usize| tokenizer.decode(&ids[k..k + 1], false).unwrap();
+                    if let Err(why) = masks_agree(&ours.assistant_mask, &mask, piece, rendered) {
+                        failures.push(format!("{family}/{name}/{label}: {why}"));
+                    }
+                }
+            }
+            (Err(_), None) => {}
+            (Ok(_), None) => {
+                failures.push(format!("{family}/{name}/{label}: hf raised, rlvr did not"))
+            }
+            (Err(e), Some(_)) => failures.push(format!("{family}/{name}/{label}: {e:#}")),
+        }
+    }
+    eprintln!(
+        "{} cases; {checked_masks} masks compared, {rendered_masks} of them computed by rendering",
+        cases.len()
+    );
+    assert!(
+        cases.len() >= 100 && rendered_masks >= 30,
+        "{} cases, {checked_masks} masks ({rendered_masks} by rendering)",
+        cases.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+/// Equal masks; a mask rlvr computed by rendering may leave out what a TRL training
+/// variant's `{% generation %}` block also holds and the model never writes: the
+/// whitespace after the end-of-turn token, and the `<｜Assistant｜>` header that R1's
+/// generation prompt already writes. It may never mark a token transformers does not.
+fn masks_agree(
+    ours: &[u8],
+    theirs: &[u8],
+    piece: impl Fn(usize) -> String,
+    rendered: bool,
+) -> Result<(), String> {
+    let mut header = String::new();
+    for k in 0..ours.len() {
+        let (o, t) = (ours[k], theirs[k]);
+        let tolerated = rendered && o == 0 && t == 1;
+        if o != t && !tolerated {
+            return Err(format!(
+                "token {k} {:?}: rlvr {o}, transformers {t}",
+                piece(k)
+            ));
+        }
+        if tolerated && !piece(k).trim().is_empty() {
+            header.push_str(&piece(k));
+        } else if !header.is_empty() && header != "<｜Assistant｜>" {
+            return Err(format!("rlvr leaves out {header:?} before token {k}"));
+        } else {
+            header.clear();
+        }
+    }
+    Ok(())
+}

@@ -30,6 +30,15 @@ pub struct Message {
     pub content: String,
 }
 
+/// Bytes at the start of `a` and `b` that are equal, cut back to a char boundary.
+fn common_prefix(a: &str, b: &str) -> usize {
+    let mut n = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+    while !a.is_char_boundary(n) {
+        n -= 1;
+    }
+    n
+}
+
 /// Chat formats we can render, picked from the special tokens a tokenizer has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChatFormat {
@@ -304,7 +313,13 @@ impl Tokenizer {
         let assistant_mask = encoding
             .get_offsets()
             .iter()
-            .map(|(start, _)| u8::from(spans.iter().any(|s| s.contains(start))))
+            // A token counts when it overlaps a span, as transformers marks them (one
+            // that starts before the content, "\n<" of "\n<think>", is the model's too).
+            .map(|&(start, end)| {
+                let overlaps =
+                    |s: &std::ops::Range<usize>| start < s.end && end.max(start + 1) > s.start;
+                u8::from(spans.iter().any(overlaps))
+            })
             .collect();
         Ok(RenderedChat {
             ids,
@@ -338,31 +353,30 @@ impl Tokenizer {
                 continue_final_message: false,
                 ..conversation.clone()
             };
-            let prefix = template.render(&upto(i, true))?;
-            if !text.starts_with(&prefix) {
-                bail!(
-                    "message {i}: cannot find where this assistant turn starts (the template renders earlier turns differently); use a template with {{% generation %}} blocks"
-                );
-            }
-            // A template that ignores add_generation_prompt leaves the turn's header
-            // after the prefix: start at the content instead.
-            let mut start = prefix.len();
-            if template.render(&upto(i, false))? == prefix {
-                let content = message
-                    .get("content")
-                    .and_then(|c| c.as_str())
-                    .unwrap_or("");
-                match text[start..].find(content.trim()) {
-                    Some(at) if !content.trim().is_empty() => start += at,
-                    _ => bail!(
-                        "message {i}: the template ignores add_generation_prompt and the turn's content is not in the text; use a template with {{% generation %}} blocks"
-                    ),
-                }
+            let content = message
+                .get("content")
+                .and_then(|c| c.as_str())
+                .unwrap_or("")
+                .trim();
+            let start = Self::turn_start(template, &upto(i, true), &upto(i, false), content, text)
+                .with_context(|| format!("message {i}"))?;
+            if conversation.continue_final_message && i + 1 == conversation.messages.len() {
+                // The text stops inside this turn.
+                spans.push(start..text.len());
+                continue;
             }
             let whole = template.render(&upto(i + 1, false))?;
+            let shared = self.shared_tokens(&whole, text)?;
             let end = if text.starts_with(&whole) && whole.len() > start {
                 start + whole[start..].trim_end().len()
+            } else if shared >= start + content.len() {
+                // Later turns change what follows (Phi-3 ends the text with an EOS
+                // only when the conversation stops here): the turn ends where the two
+                // renderings' tokens part, less whitespace.
+                start + text[start..shared].trim_end().len()
             } else {
+                // The turn itself renders differently once later turns follow (Qwen3
+                // drops earlier <think> blocks): it ends after its end-of-turn token.
                 match (!end_token.is_empty())
                     .then(|| text[start..].find(&end_token))
                     .flatten()
@@ -374,6 +388,61 @@ impl Tokenizer {
             spans.push(start..end);
         }
         Ok(spans)
+    }
+
+    /// The bytes of `b` covered by the tokens it shares with `a` from the start: where
+    /// two renderings part, at a token boundary (`<|endoftext|>` and `<|user|>` share
+    /// their first two bytes, not a token).
+    fn shared_tokens(&self, a: &str, b: &str) -> Result<usize> {
+        let encode = |text: &str| {
+            self.inner
+                .encode(text, false)
+                .map_err(|e| anyhow!("cannot tokenize: {e}"))
+        };
+        let (a, b) = (encode(a)?, encode(b)?);
+        let same = a
+            .get_ids()
+            .iter()
+            .zip(b.get_ids())
+            .take_while(|(x, y)| x == y)
+            .count();
+        Ok(match same {
+            0 => 0,
+            n => b.get_offsets()[n - 1].1,
+        })
+    }
+
+    /// Where an assistant turn's text starts: after the conversation before it rendered
+    /// with a generation prompt (where the template ignores add_generation_prompt, at
+    /// the turn's content). Where that is not a prefix of the text but the rendering
+    /// without the prompt is (R1 distills' generation prompt opens a `<think>` block
+    /// that a written turn does not have), after the longest prefix the two share.
+    fn turn_start(
+        template: &ChatTemplate,
+        with_prompt: &Conversation,
+        without_prompt: &Conversation,
+        content: &str,
+        text: &str,
+    ) -> Result<usize> {
+        let prefix = template.render(with_prompt)?;
+        let before = template.render(without_prompt)?;
+        if text.starts_with(&prefix) && prefix != before {
+            return Ok(prefix.len());
+        }
+        if text.starts_with(&prefix) {
+            return match text[prefix.len()..].find(content) {
+                Some(at) if !content.is_empty() => Ok(prefix.len() + at),
+                _ => bail!(
+                    "the template ignores add_generation_prompt and the turn's content is not in the text; use a template with {{% generation %}} blocks"
+                ),
+            };
+        }
+        if text.starts_with(&before) {
+            return Ok(common_prefix(&prefix, text).max(before.len()));
+        }
+        bail!(
+            "cannot find where this assistant turn starts (the template renders earlier turns differently); use a template with {{% generation %}} blocks"
+        )
     }
 
     /// `prompt` as the user turn and `reply` as the assistant's, cut to `max_length`

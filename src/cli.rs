@@ -47,6 +47,12 @@ enum Command {
     /// "continue_final_message", "tools", "template_kwargs"}) with a tokenizer folder's
     /// chat template: text, input ids and assistant mask.
     RenderChat(RenderChatArgs),
+    /// What rlvr will do with a model folder: architecture, dtype, chat template, stop
+    /// tokens, sampling path and a sample prompt.
+    Inspect {
+        /// A Hugging Face model folder.
+        dir: PathBuf,
+    },
     /// Print each token's id and log-prob under a model (for debugging and perplexity).
     Logprobs(LogprobsArgs),
     /// Score every record's reference completion (or given completions) with a task's
@@ -76,6 +82,7 @@ pub fn main() -> ExitCode {
         Command::RenderChat(args) => {
             inspect::render_chat(&args.tokenizer, &args.conversation, args.json)
         }
+        Command::Inspect { dir } => inspect::model_report(&dir).map(|report| print!("{report}")),
         Command::Logprobs(args) => args.run(),
         Command::RewardCheck(args) => args.run(),
         Command::Bench { kind } => kind.run(),

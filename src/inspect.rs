@@ -1,5 +1,5 @@
-//! Commands for looking at a model and its tokenizer: `rlvr tokenize`, `rlvr logprobs`
-//! and `rlvr sample`.
+//! Commands for looking at a model and its tokenizer: `rlvr inspect`, `rlvr tokenize`,
+//! `rlvr logprobs`, `rlvr sample` and `rlvr render-chat`.
 
 use crate::model::{Model, position_ids_from_mask};
 use crate::sample::{self, SamplingParams};
@@ -37,6 +37,113 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
         path.to_path_buf()
     };
     Tokenizer::load(&file)
+}
+
+/// `rlvr inspect DIR`: what rlvr will do with a model folder. The weights are loaded
+/// (in f32, as runs load them by default), so a folder that passes will load.
+pub fn model_report(dir: &Path) -> Result<String> {
+    use std::fmt::Write;
+    let model = Model::load(dir, Device::Cpu, Dtype::F32)?;
+    let config = model.config();
+    let tokenizer = load_tokenizer(dir)?;
+    let mut out = String::new();
+    let architecture = config.architectures.first().map_or("?", String::as_str);
+    writeln!(out, "model: {}", dir.display())?;
+    writeln!(
+        out,
+        "  architecture: {architecture} (model_type {}): {} layers, hidden {}, {} heads / {} KV heads, head_dim {}, MLP {}, vocab {}, {} embeddings{}",
+        config.model_type,
+        config.num_hidden_layers,
+        config.hidden_size,
+        config.num_attention_heads,
+        config.kv_heads(),
+        config.head_dim(),
+        config.intermediate_size,
+        config.vocab_size,
+        if config.tie_word_embeddings {
+            "tied"
+        } else {
+            "untied"
+        },
+        if config.qk_norm() {
+            "; per-head q/k norms"
+        } else {
+            ""
+        },
+    )?;
+    let rope = config.rope();
+    writeln!(
+        out,
+        "  rotary: {} (theta {})",
+        rope.rope_type.as_deref().unwrap_or("default"),
+        rope.rope_theta.unwrap_or_default()
+    )?;
+    let parameters = model.parameter_count();
+    writeln!(
+        out,
+        "  parameters: {parameters} ({:.3} GB in f32, {:.3} GB in bf16); every tensor found and shaped as config.json says",
+        parameters as f64 * 4.0 / 1e9,
+        parameters as f64 * 2.0 / 1e9
+    )?;
+    let stored = ["dtype", "torch_dtype"]
+        .iter()
+        .find_map(|k| config.extra.get(*k).and_then(|v| v.as_str()))
+        .unwrap_or("not stated");
+    writeln!(
+        out,
+        "  stored dtype: {stored}; runs use `model.dtype` (f32 unless set)"
+    )?;
+    let path = sample::default_path(&model.transformer);
+    writeln!(out, "  sampling in f32 on the CPU: {path}")?;
+    writeln!(out, "tokenizer: {} tokens", tokenizer.vocab_size())?;
+    if tokenizer.vocab_size() > config.vocab_size {
+        writeln!(
+            out,
+            "  warning: the tokenizer has {} tokens but the model embeds only {}: prompts with ids from {} up are refused",
+            tokenizer.vocab_size(),
+            config.vocab_size,
+            config.vocab_size
+        )?;
+    }
+    writeln!(out, "  {}", tokenizer.template_source())?;
+    let stops = sample::stop_token_ids(config, &tokenizer);
+    let named: Vec<String> = stops
+        .iter()
+        .map(|&id| {
+            format!(
+                "{id} {:?}",
+                tokenizer.decode(&[id], false).unwrap_or_default()
+            )
+        })
+        .collect();
+    writeln!(out, "  stop tokens: {}", named.join(", "))?;
+    let messages = [
+        Message {
+            role: "system".into(),
+            content: "You are a helpful assistant.".into(),
+        },
+        Message {
+            role: "user".into(),
+            content: "What is 2 + 2?".into(),
+        },
+    ];
+    let rendered = tokenizer.render_chat(&messages, true)?;
+    let text = tokenizer.decode(&rendered.ids, false)?;
+    let opens = text.trim_end().ends_with("<think>");
+    writeln!(
+        out,
+        "sample prompt (system + user, generation prompt; {} tokens{}):",
+        rendered.ids.len(),
+        if opens {
+            "; the template opens a <think> block for the model"
+        } else {
+            ""
+        }
+    )?;
+    for line in text.lines() {
+        writeln!(out, "  | {line}")?;
+    }
+    Ok(out)
 }
 
 /// `rlvr tokenize`: the pieces of `text`, alternately coloured on a terminal.
@@ -178,11 +285,12 @@ pub fn sample(
     if prompt_ids.is_empty() {
         bail!("--prompt is empty");
     }
-    params.stop_token_ids.extend(tokenizer.end_of_turn_id());
+    params
+        .stop_token_ids
+        .extend(sample::stop_token_ids(model.config(), &tokenizer));
     params
         .stop_token_ids
         .extend(tokenizer.token_id(crate::tokenizer::END_OF_TEXT));
-    params.stop_token_ids.extend(model.config().eos_token_ids());
     let prompts = vec![prompt_ids; n];
     let started = std::time::Instant::now();
     let decode = |ids: &[i64]| tokenizer.decode(ids, false).unwrap_or_default();

@@ -392,3 +392,53 @@ fn render_chat_uses_the_folders_template_and_reports_its_errors() {
     assert!(!ok);
     assert!(stderr.contains("Unknown role: critic"), "{stderr}");
 }
+
+#[test]
+fn inspect_reports_what_rlvr_will_do_with_a_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let folder = dir.path().join("m");
+    std::fs::create_dir(&folder).unwrap();
+    for file in ["config.json", "model.safetensors", "generation_config.json"] {
+        std::fs::copy(fixtures.join("tiny-qwen3").join(file), folder.join(file)).unwrap();
+    }
+    for file in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(
+            fixtures.join("chat-tokenizers/qwen").join(file),
+            folder.join(file),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        folder.join("chat_template.jinja"),
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}",
+    )
+    .unwrap();
+    let path = folder.to_str().unwrap();
+    let (ok, stdout, stderr) = rlvr(&["inspect", path]);
+    assert!(ok, "{stderr}");
+    for expected in [
+        "Qwen3ForCausalLM (model_type qwen3)",
+        "head_dim 16",
+        "per-head q/k norms",
+        "tied embeddings",
+        "every tensor found",
+        "chat_template.jinja",
+        "stop tokens: 2 \"<|im_end|>\"",
+        "opens a <think> block",
+        "| <|im_start|>assistant",
+        // The fixture's tokenizer is larger than the tiny model's vocabulary.
+        "warning: the tokenizer has 384 tokens but the model embeds only 96",
+    ] {
+        assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
+    }
+    // A folder that would not load says why.
+    let config = std::fs::read_to_string(folder.join("config.json")).unwrap();
+    std::fs::write(
+        folder.join("config.json"),
+        config.replace("\"qwen3\"", "\"qwen2\""),
+    )
+    .unwrap();
+    let (ok, _, stderr) = rlvr(&["inspect", path]);
+    assert!(!ok && stderr.contains("q_norm"), "{stderr}");
+}

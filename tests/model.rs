@@ -183,7 +183,8 @@ fn bad_checkpoints_name_file_and_tensor() {
         "{error}"
     );
 
-    // Qwen2 weights under a Qwen3 config: the per-head norms are missing.
+    // Qwen2 weights under a Qwen3 config: Qwen3 has no q/k/v biases (and the per-head
+    // norms are missing); nothing is silently dropped.
     std::fs::write(
         &config_path,
         original_config.replace("\"qwen2\"", "\"qwen3\""),
@@ -191,7 +192,8 @@ fn bad_checkpoints_name_file_and_tensor() {
     .unwrap();
     let error = load_error(&path);
     assert!(
-        error.contains("missing") && error.contains("self_attn.q_norm.weight"),
+        error.contains("does not have (is model_type right?)")
+            && error.contains("self_attn.q_proj.bias"),
         "{error}"
     );
 

@@ -333,6 +333,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 fn load_weights(vs: &mut nn::VarStore, dir: &Path, tied: bool, optional: &[&str]) -> Result<()> {
     let variables = vs.variables();
     let mut loaded = BTreeSet::new();
+    let mut unknown = Vec::new();
     for file in weight_files(dir)? {
         if !file.exists() {
             bail!("{}: shard named in the index is missing", file.display());
@@ -346,7 +347,12 @@ fn load_weights(vs: &mut nn::VarStore, dir: &Path, tied: bool, optional: &[&str]
         for (name, tensor) in tensors {
             let Some(variable) = variables.get(&name) else {
                 // Tied checkpoints sometimes carry lm_head anyway; old ones carry
-                // rotary buffers. Neither is a variable of ours.
+                // rotary buffers. Neither is a variable of ours. Anything else means
+                // another architecture (Qwen3's q_norm read as Qwen2 would be dropped).
+                let harmless = name == "lm_head.weight" || name.ends_with("rotary_emb.inv_freq");
+                if !harmless {
+                    unknown.push(name);
+                }
                 continue;
             };
             if variable.size() != tensor.size() {
@@ -363,6 +369,20 @@ fn load_weights(vs: &mut nn::VarStore, dir: &Path, tied: bool, optional: &[&str]
             });
             loaded.insert(name);
         }
+    }
+    if !unknown.is_empty() {
+        unknown.sort_unstable();
+        bail!(
+            "{}: {} tensor(s) in the checkpoint that this config's architecture does not have (is model_type right?): {}",
+            dir.display(),
+            unknown.len(),
+            unknown
+                .iter()
+                .take(8)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     let missing: Vec<&String> = variables
         .keys()

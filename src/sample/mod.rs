@@ -96,6 +96,8 @@ impl Completion {
 pub fn stop_token_ids(config: &ModelConfig, tokenizer: &Tokenizer) -> Vec<i64> {
     let mut ids = config.eos_token_ids();
     ids.extend(tokenizer.end_of_turn_id());
+    ids.sort_unstable();
+    ids.dedup();
     ids
 }
 
@@ -165,6 +167,21 @@ pub fn generate(
         }
         Ok(completions)
     })
+}
+
+/// What runs sampling's forward passes for `model` by default, in words.
+pub fn default_path(model: &Transformer) -> String {
+    let weights = model.weights();
+    let f32_cpu = weights.embed.kind() == tch::Kind::Float && model.device() == tch::Device::Cpu;
+    match (f32_cpu, KernelSet::detect_avx2().is_some()) {
+        (true, true) => "the plain-Rust CPU decoder with AVX2/FMA kernels".into(),
+        (true, false) => "libtorch (this CPU lacks AVX2/FMA for the CPU decoder)".into(),
+        (false, _) => format!(
+            "libtorch (the CPU decoder takes f32 models on the CPU; this one is {:?} on {:?})",
+            weights.embed.kind(),
+            model.device()
+        ),
+    }
 }
 
 /// The plain-Rust decoder `kernels` asks for, for positions below `positions`; `None`

@@ -50,8 +50,8 @@ enum Command {
     /// What rlvr will do with a model folder: architecture, dtype, chat template, stop
     /// tokens, sampling path and a sample prompt.
     Inspect {
-        /// A Hugging Face model folder.
-        dir: PathBuf,
+        #[command(subcommand)]
+        what: InspectWhat,
     },
     /// Print each token's id and log-prob under a model (for debugging and perplexity).
     Logprobs(LogprobsArgs),
@@ -82,7 +82,9 @@ pub fn main() -> ExitCode {
         Command::RenderChat(args) => {
             inspect::render_chat(&args.tokenizer, &args.conversation, args.json)
         }
-        Command::Inspect { dir } => inspect::model_report(&dir).map(|report| print!("{report}")),
+        Command::Inspect {
+            what: InspectWhat::Model { dir },
+        } => inspect::model_report(&dir).map(|report| print!("{report}")),
         Command::Logprobs(args) => args.run(),
         Command::RewardCheck(args) => args.run(),
         Command::Bench { kind } => kind.run(),
@@ -230,6 +232,12 @@ struct TokenizeArgs {
     #[arg(long)]
     tokenizer: PathBuf,
     text: String,
+}
+
+#[derive(clap::Subcommand)]
+enum InspectWhat {
+    /// A Hugging Face model folder.
+    Model { dir: PathBuf },
 }
 
 #[derive(clap::Args)]

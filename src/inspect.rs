@@ -1,4 +1,4 @@
-//! Commands for looking at a model and its tokenizer: `rlvr inspect`, `rlvr tokenize`,
+//! Commands for looking at a model and its tokenizer: `rlvr inspect model`, `rlvr tokenize`,
 //! `rlvr logprobs`, `rlvr sample` and `rlvr render-chat`.
 
 use crate::model::{Model, position_ids_from_mask};
@@ -39,7 +39,7 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
     Tokenizer::load(&file)
 }
 
-/// `rlvr inspect DIR`: what rlvr will do with a model folder. The weights are loaded
+/// `rlvr inspect model DIR`: what rlvr will do with a model folder. The weights are loaded
 /// (in f32, as runs load them by default), so a folder that passes will load.
 pub fn model_report(dir: &Path) -> Result<String> {
     use std::fmt::Write;

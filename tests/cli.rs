@@ -415,7 +415,7 @@ fn inspect_reports_what_rlvr_will_do_with_a_folder() {
     )
     .unwrap();
     let path = folder.to_str().unwrap();
-    let (ok, stdout, stderr) = rlvr(&["inspect", path]);
+    let (ok, stdout, stderr) = rlvr(&["inspect", "model", path]);
     assert!(ok, "{stderr}");
     for expected in [
         "Qwen3ForCausalLM (model_type qwen3)",
@@ -439,6 +439,6 @@ fn inspect_reports_what_rlvr_will_do_with_a_folder() {
         config.replace("\"qwen3\"", "\"qwen2\""),
     )
     .unwrap();
-    let (ok, _, stderr) = rlvr(&["inspect", path]);
+    let (ok, _, stderr) = rlvr(&["inspect", "model", path]);
     assert!(!ok && stderr.contains("q_norm"), "{stderr}");
 }

@@ -85,12 +85,83 @@ pub fn completion_logprobs(
 }
 
 /// What one forward pass over prompts + completions gives the RL losses.
+///
+/// The vocabulary-wide logits are never held for the whole micro-batch: log-probs and
+/// entropy are worked out a few positions at a time (the target's logit minus the
+/// logsumexp), without gradient. With gradient on, `logprobs` and `hidden` are leaves
+/// cut from the model's graph; [`CompletionForward::backward`] runs the loss's
+/// backward to them, recomputes each chunk's logits to push the log-probs' gradient
+/// through the LM head, then takes the hidden states' gradient through the model once.
+/// So the 152k-vocabulary tensors of Qwen live one chunk at a time, in both passes.
 pub struct CompletionForward {
     pub logprobs: Tensor,
     pub entropy: Tensor,
     /// Hidden states at the positions that predict each completion token
     /// [rows, longest completion, hidden] (PPO's values read them).
     pub hidden: Tensor,
+    /// The hidden states still attached to the model's graph, with what the chunks
+    /// need again; `None` without gradient.
+    graph: Option<(Tensor, LogprobInputs)>,
+}
+
+/// Targets [rows, width] and sampling temperature of the completion log-probs, and
+/// how many positions a chunk takes.
+struct LogprobInputs {
+    targets: Tensor,
+    temperature: f64,
+    step: i64,
+}
+
+/// Positions per chunk: about 2^24 floats (64 MB) of logits at a time.
+fn chunk_positions(rows: i64, vocab: i64) -> i64 {
+    ((1 << 24) / (rows * vocab).max(1)).max(1)
+}
+
+impl LogprobInputs {
+    /// Log-probs [rows, n] of the targets at positions `start..start + n` of `hidden`,
+    /// and the logits scaled by the temperature minus their logsumexp.
+    fn chunk(&self, model: &Transformer, hidden: &Tensor, start: i64, n: i64) -> (Tensor, Tensor) {
+        let logits = model
+            .logits(&hidden.narrow(1, start, n))
+            .to_kind(Kind::Float)
+            / self.temperature;
+        let log_softmax = &logits - logits.logsumexp(&[-1i64][..], true);
+        let targets = self.targets.narrow(1, start, n).unsqueeze(-1);
+        let logprobs = log_softmax.gather(-1, &targets, false).squeeze_dim(-1);
+        (logprobs, log_softmax)
+    }
+
+    fn chunks(&self, hidden: &Tensor) -> impl Iterator<Item = (i64, i64)> {
+        let (width, step) = (hidden.size()[1], self.step);
+        (0..width)
+            .step_by(step as usize)
+            .map(move |start| (start, step.min(width - start)))
+    }
+}
+
+impl CompletionForward {
+    /// `loss.backward()`, then the gradients it left on `logprobs` and `hidden` carried
+    /// into the model's weights (see the type's comment). Use this instead of
+    /// `loss.backward()` for any loss built on this forward.
+    pub fn backward(&self, model: &Transformer, loss: &Tensor) {
+        loss.backward();
+        let Some((attached, inputs)) = &self.graph else {
+            return;
+        };
+        let grad = self.logprobs.grad();
+        if grad.defined() {
+            for (start, n) in inputs.chunks(&self.hidden) {
+                let (logprobs, _) = inputs.chunk(model, &self.hidden, start, n);
+                (logprobs * grad.narrow(1, start, n))
+                    .sum(Kind::Float)
+                    .backward();
+            }
+        }
+        let hidden_grad = self.hidden.grad();
+        if hidden_grad.defined() {
+            (attached * hidden_grad).sum(Kind::Float).backward();
+        }
+    }
 }
 
 pub fn completion_forward(
@@ -99,20 +170,51 @@ pub fn completion_forward(
     completions: &[&[i64]],
     temperature: f64,
 ) -> Result<CompletionForward> {
-    let (ids, hidden) = completion_hidden(model, prompts, completions)?;
-    let (p, c) = (ids.size()[1] - hidden.size()[1], hidden.size()[1]);
-    let logits = model.logits(&hidden).to_kind(Kind::Float);
-    let log_softmax = (logits / temperature).log_softmax(-1, Kind::Float);
-    let targets = ids.narrow(1, p, c).unsqueeze(-1);
-    let logprobs = log_softmax.gather(-1, &targets, false).squeeze_dim(-1);
-    let entropy = tch::no_grad(|| {
-        let lsm = log_softmax.detach();
-        -(lsm.exp() * &lsm).sum_dim_intlist(-1, false, Kind::Float)
+    let rows = prompts.len() as i64;
+    let step = chunk_positions(rows, model.config.vocab_size as i64);
+    forward_in_chunks(model, prompts, completions, temperature, step)
+}
+
+fn forward_in_chunks(
+    model: &Transformer,
+    prompts: &[&[i64]],
+    completions: &[&[i64]],
+    temperature: f64,
+    step: i64,
+) -> Result<CompletionForward> {
+    let (ids, attached) = completion_hidden(model, prompts, completions)?;
+    let (p, c) = (ids.size()[1] - attached.size()[1], attached.size()[1]);
+    let inputs = LogprobInputs {
+        targets: ids.narrow(1, p, c),
+        temperature,
+        step,
+    };
+    let hidden = attached.detach();
+    let (logprobs, entropy): (Vec<Tensor>, Vec<Tensor>) = tch::no_grad(|| {
+        inputs
+            .chunks(&hidden)
+            .map(|(start, n)| {
+                let (logprobs, log_softmax) = inputs.chunk(model, &hidden, start, n);
+                let entropy =
+                    -(log_softmax.exp() * &log_softmax).sum_dim_intlist(-1, false, Kind::Float);
+                (logprobs, entropy)
+            })
+            .unzip()
     });
+    let (logprobs, entropy) = (Tensor::cat(&logprobs, 1), Tensor::cat(&entropy, 1));
+    if !attached.requires_grad() {
+        return Ok(CompletionForward {
+            logprobs,
+            entropy,
+            hidden,
+            graph: None,
+        });
+    }
     Ok(CompletionForward {
-        logprobs,
+        logprobs: logprobs.set_requires_grad(true),
         entropy,
-        hidden,
+        hidden: hidden.set_requires_grad(true),
+        graph: Some((attached, inputs)),
     })
 }
 
@@ -185,6 +287,76 @@ pub fn padded_floats(rows: &[&[f32]], width: usize, device: Device) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunked_logprobs_give_the_full_vocabulary_paths_values_and_gradients() {
+        use crate::model::{Model, ModelConfig};
+        let config = ModelConfig::tiny_qwen2(50, 16, 2, 4);
+        let model = Model::random(&config, Device::Cpu, crate::types::Dtype::F32, 1).unwrap();
+        let prompts: [&[i64]; 3] = [&[3, 4, 5], &[7], &[1, 2]];
+        let completions: [&[i64]; 3] = [&[9, 8, 7, 6, 5, 4, 3], &[11, 12], &[13, 14, 15, 16]];
+        let (temperature, lengths) = (0.7, [7, 2, 4]);
+        let weights = Tensor::from_slice(&[0.3f32, -1.2, 0.5, 2.0, -0.1, 0.7, 1.1])
+            .unsqueeze(0)
+            .repeat([3, 1]);
+        let mask = length_mask(&lengths, 7, Device::Cpu);
+        let gradients = |loss_of: &dyn Fn() -> (Tensor, Tensor)| {
+            for (_, mut variable) in model.vs.variables() {
+                variable.zero_grad();
+            }
+            let (logprobs, entropy) = loss_of();
+            let mut grads: Vec<(String, Tensor)> = model
+                .vs
+                .variables()
+                .into_iter()
+                .map(|(name, v)| (name, v.grad().copy()))
+                .collect();
+            grads.sort_by(|a, b| a.0.cmp(&b.0));
+            (logprobs, entropy, grads)
+        };
+        // Today's path: the whole [rows, width, vocab] log-softmax under autograd.
+        let (full_logprobs, full_entropy, full) = gradients(&|| {
+            let (ids, hidden) =
+                completion_hidden(&model.transformer, &prompts, &completions).unwrap();
+            let c = hidden.size()[1];
+            let targets = ids.narrow(1, ids.size()[1] - c, c).unsqueeze(-1);
+            let lsm =
+                (model.transformer.logits(&hidden) / temperature).log_softmax(-1, Kind::Float);
+            let logprobs = lsm.gather(-1, &targets, false).squeeze_dim(-1);
+            let entropy = -(lsm.exp() * &lsm).sum_dim_intlist(-1, false, Kind::Float);
+            (&logprobs * &weights * &mask).sum(Kind::Float).backward();
+            (logprobs.detach(), entropy.detach())
+        });
+        for step in [1, 3, 7] {
+            let (logprobs, entropy, chunked) = gradients(&|| {
+                let forward = forward_in_chunks(
+                    &model.transformer,
+                    &prompts,
+                    &completions,
+                    temperature,
+                    step,
+                )
+                .unwrap();
+                let loss = (&forward.logprobs * &weights * &mask).sum(Kind::Float);
+                forward.backward(&model.transformer, &loss);
+                (forward.logprobs.detach(), forward.entropy)
+            });
+            let diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+            assert!(diff(&logprobs, &full_logprobs) < 1e-5, "step {step}");
+            assert!(diff(&entropy, &full_entropy) < 1e-5, "step {step}");
+            for ((name, a), (_, b)) in chunked.iter().zip(&full) {
+                assert!(
+                    diff(a, b) < 1e-5,
+                    "step {step}: gradient of {name} differs by {}",
+                    diff(a, b)
+                );
+                assert!(
+                    b.abs().sum(Kind::Float).double_value(&[]) > 0.0 || name.contains("bias"),
+                    "{name}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn data_order_is_a_permutation_per_epoch_and_reproducible() {

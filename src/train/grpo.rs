@@ -157,7 +157,7 @@ impl Grpo {
         let config = self.loss_config();
         let device = model.vs.device();
         let forward = self.source.forward(model, chunk)?;
-        let (logprobs, entropy) = (forward.logprobs, forward.entropy);
+        let (logprobs, entropy) = (&forward.logprobs, &forward.entropy);
         let width = logprobs.size()[1] as usize;
         let mask = length_mask(lengths, width, device);
         let old = if self.rl.num_iterations > 1 {
@@ -179,7 +179,7 @@ impl Grpo {
         let advantages: Vec<f32> = chunk.iter().map(|r| r.advantage as f32).collect();
         let advantages = Tensor::from_slice(&advantages).to_device(device);
         let (loss, chunk_stats) = policy_loss(
-            &logprobs,
+            logprobs,
             &old,
             reference.as_ref(),
             &advantages,
@@ -191,7 +191,7 @@ impl Grpo {
         if !value.is_finite() {
             bail!("the policy loss is {value}");
         }
-        loss.backward();
+        forward.backward(&model.transformer, &loss);
         let entropy = (entropy * &mask).sum(Kind::Double).double_value(&[]);
         Ok((value, entropy, chunk_stats))
     }

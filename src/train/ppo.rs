@@ -344,7 +344,7 @@ impl Objective for Ppo {
             if !value.is_finite() {
                 bail!("step {}: the PPO loss is {value}", step + 1);
             }
-            loss.backward();
+            forward.backward(&model.transformer, &loss);
             pg_sum += pg_loss.double_value(&[]);
             vf_sum += vf_loss.double_value(&[]);
             vf_clipped += vf_fraction * micro_tokens;

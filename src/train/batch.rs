@@ -86,8 +86,9 @@ pub fn completion_logprobs(
 
 /// What one forward pass over prompts + completions gives the RL losses.
 ///
-/// The vocabulary-wide logits are never held for the whole micro-batch: log-probs and
-/// entropy are worked out a few positions at a time (the target's logit minus the
+/// Beyond [`SMALL_LOGITS`] floats of logits (a 152k vocabulary reaches it at 442
+/// tokens), the vocabulary-wide logits are never held for the whole micro-batch:
+/// log-probs and entropy are worked out a few positions at a time (the target's logit minus the
 /// logsumexp), without gradient. With gradient on, `logprobs` and `hidden` are leaves
 /// cut from the model's graph; [`CompletionForward::backward`] runs the loss's
 /// backward to them, recomputes each chunk's logits to push the log-probs' gradient
@@ -110,6 +111,14 @@ struct LogprobInputs {
     targets: Tensor,
     temperature: f64,
     step: i64,
+}
+
+/// Logits up to this many floats (256 MB) are held whole, under autograd: chunking
+/// costs a second pass through the LM head in the backward.
+const SMALL_LOGITS: i64 = 1 << 26;
+
+fn entropy_of(log_softmax: &Tensor) -> Tensor {
+    -(log_softmax.exp() * log_softmax).sum_dim_intlist(-1, false, Kind::Float)
 }
 
 /// Positions per chunk: about 2^24 floats (64 MB) of logits at a time.
@@ -172,7 +181,7 @@ pub fn completion_forward(
 ) -> Result<CompletionForward> {
     let rows = prompts.len() as i64;
     let step = chunk_positions(rows, model.config.vocab_size as i64);
-    forward_in_chunks(model, prompts, completions, temperature, step)
+    forward_in_chunks(model, prompts, completions, temperature, step, SMALL_LOGITS)
 }
 
 fn forward_in_chunks(
@@ -181,6 +190,7 @@ fn forward_in_chunks(
     completions: &[&[i64]],
     temperature: f64,
     step: i64,
+    whole_up_to: i64,
 ) -> Result<CompletionForward> {
     let (ids, attached) = completion_hidden(model, prompts, completions)?;
     let (p, c) = (ids.size()[1] - attached.size()[1], attached.size()[1]);
@@ -189,6 +199,18 @@ fn forward_in_chunks(
         temperature,
         step,
     };
+    let logits_size = attached.size()[0] * c * model.config.vocab_size as i64;
+    if logits_size <= whole_up_to {
+        // Small enough to hold whole: one pass under autograd, no recomputation.
+        let (logprobs, log_softmax) = inputs.chunk(model, &attached, 0, c);
+        let entropy = tch::no_grad(|| entropy_of(&log_softmax.detach()));
+        return Ok(CompletionForward {
+            logprobs,
+            entropy,
+            hidden: attached,
+            graph: None,
+        });
+    }
     let hidden = attached.detach();
     let (logprobs, entropy): (Vec<Tensor>, Vec<Tensor>) = tch::no_grad(|| {
         inputs
@@ -327,7 +349,7 @@ mod tests {
             (&logprobs * &weights * &mask).sum(Kind::Float).backward();
             (logprobs.detach(), entropy.detach())
         });
-        for step in [1, 3, 7] {
+        for (step, whole_up_to) in [(1, 0), (3, 0), (7, 0), (7, i64::MAX)] {
             let (logprobs, entropy, chunked) = gradients(&|| {
                 let forward = forward_in_chunks(
                     &model.transformer,
@@ -335,11 +357,12 @@ mod tests {
                     &completions,
                     temperature,
                     step,
+                    whole_up_to,
                 )
                 .unwrap();
                 let loss = (&forward.logprobs * &weights * &mask).sum(Kind::Float);
                 forward.backward(&model.transformer, &loss);
-                (forward.logprobs.detach(), forward.entropy)
+                (forward.logprobs.detach(), forward.entropy.detach())
             });
             let diff = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
             assert!(diff(&logprobs, &full_logprobs) < 1e-5, "step {step}");

@@ -419,6 +419,9 @@ enum BenchKind {
         warmup: usize,
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Busy processes (a shell loop each) to run beside both sides.
+        #[arg(long, default_value_t = 0)]
+        load: usize,
     },
     /// Graded jobs/s in the wasm sandbox vs a native python3 subprocess per job.
     Rewards {
@@ -449,10 +452,12 @@ impl BenchKind {
                 steps,
                 warmup,
                 threads,
+                load,
             } => crate::bench::rl::rl(&crate::bench::rl::RlBench {
                 steps,
                 warmup,
                 threads,
+                load,
             }),
             BenchKind::Rewards { task, limit } => crate::bench::rewards::rewards(&task, limit),
         }

@@ -20,6 +20,35 @@ pub struct RlBench {
     pub steps: usize,
     pub warmup: usize,
     pub threads: usize,
+    /// Busy processes run beside both sides for the whole benchmark.
+    pub load: usize,
+}
+
+/// Processes that spin on a core each until dropped: the "other busy process" a
+/// shared machine has, under which both sides are measured alike.
+struct BusyLoad(Vec<std::process::Child>);
+
+impl BusyLoad {
+    fn start(processes: usize) -> Result<Self> {
+        let children = (0..processes)
+            .map(|_| {
+                std::process::Command::new("sh")
+                    .args(["-c", "while :; do :; done"])
+                    .spawn()
+                    .context("cannot start a busy process for --load")
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self(children))
+    }
+}
+
+impl Drop for BusyLoad {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 const PROMPTS: usize = 8;
@@ -30,7 +59,12 @@ pub fn rl(bench: &RlBench) -> Result<()> {
     }
     tch::set_num_threads(bench.threads as i32);
     let dir = tempfile_dir()?;
+    if bench.load > 0 {
+        println!("with {} busy process(es) beside both sides", bench.load);
+    }
+    let load = BusyLoad::start(bench.load)?;
     let result = run_both(bench, &dir);
+    drop(load);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

@@ -220,6 +220,12 @@ pub struct TrainSection {
     pub sample_log_steps: usize,
     /// What to do with a data row that lacks a needed field.
     pub on_bad_record: OnBadRecord,
+    /// Keep only each decoder layer's input in the forward and run the layer again
+    /// in the backward: less memory for one more forward through the layers.
+    pub gradient_checkpointing: bool,
+    /// Micro-batches hold at most this many padded tokens (rows × longest sequence)
+    /// as well as at most `batch_size` rows; 0: rows only.
+    pub max_tokens_per_micro_batch: usize,
 }
 
 impl Default for TrainSection {
@@ -232,6 +238,8 @@ impl Default for TrainSection {
             logging_steps: 1,
             sample_log_steps: 10,
             on_bad_record: OnBadRecord::Error,
+            gradient_checkpointing: false,
+            max_tokens_per_micro_batch: 0,
         }
     }
 }

@@ -296,6 +296,14 @@ pub struct Transformer {
     rotary: Rotary,
 }
 
+/// What every layer of one forward pass reads besides the hidden states: the rotary
+/// tables and the attention mask.
+pub struct LayerInputs {
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
+}
+
 /// What a forward pass outside libtorch (the CPU decoder) reads of the model: each
 /// weight by its role, borrowed. Nothing else of the model's insides is visible.
 pub(crate) struct WeightsView<'m> {
@@ -443,6 +451,44 @@ impl Transformer {
             cache.advance(seq);
         }
         Ok(self.norm.forward(&x))
+    }
+
+    /// The first stage of a forward pass taken one layer at a time (no cache): the
+    /// embeddings of `input_ids`, and what every layer shares. Arguments as
+    /// [`Transformer::hidden_states`]; `embed`, then [`Transformer::layer`] for each
+    /// layer, then [`Transformer::final_norm`] equals `hidden_states`.
+    pub fn embed(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        key_mask: &Tensor,
+    ) -> Result<(Tensor, LayerInputs)> {
+        self.check_ids(input_ids)?;
+        let (batch, seq) = input_ids.size2()?;
+        if key_mask.size() != [batch, seq] {
+            bail!(
+                "attention mask has shape {:?}, expected [{batch}, {seq}]",
+                key_mask.size()
+            );
+        }
+        let x = self.embed_tokens.forward(input_ids);
+        let (cos, sin) = self.rotary.cos_sin(position_ids, x.kind());
+        let mask = attention_mask(key_mask, seq, 0);
+        Ok((x, LayerInputs { cos, sin, mask }))
+    }
+
+    /// Decoder layer `index` over hidden states `x`.
+    pub fn layer(&self, index: usize, x: &Tensor, inputs: &LayerInputs) -> Tensor {
+        let LayerInputs { cos, sin, mask } = inputs;
+        self.layers[index].forward(x, cos, sin, mask, None)
+    }
+
+    pub fn final_norm(&self, x: &Tensor) -> Tensor {
+        self.norm.forward(x)
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
     }
 
     /// Vocabulary logits for hidden states.

@@ -2,10 +2,12 @@
 //! stage trains on: next-token cross-entropy (pretrain, SFT) and completion log-probs
 //! under temperature-scaled logits (RL).
 
+use super::recompute::{self, Recompute};
 pub use crate::data::order::{DataOrder, step_seed};
 pub use crate::data::padding::right_pad;
 use crate::model::{Transformer, position_ids_from_mask};
 use anyhow::Result;
+use std::ops::Range;
 use tch::{Device, Kind, Tensor};
 
 fn to_tensor(values: Vec<i64>, rows: usize, device: Device) -> Tensor {
@@ -21,14 +23,27 @@ pub struct TokenLoss {
     pub tokens: f64,
     /// Target tokens the model ranks first.
     pub correct: f64,
+    recompute: Option<Recompute>,
+}
+
+impl TokenLoss {
+    /// `loss.backward()` for a loss built on `sum`, through checkpointed layers too.
+    pub fn backward(&self, model: &Transformer, loss: &Tensor) {
+        loss.backward();
+        if let Some(recompute) = &self.recompute {
+            recompute.backward(model);
+        }
+    }
 }
 
 /// Next-token cross-entropy for `sequences`; `loss_mask[i][t]` = 1 when token t of
-/// sequence i is a target (the first token never is: nothing predicts it).
+/// sequence i is a target (the first token never is: nothing predicts it). With
+/// `checkpointing`, run the backward through [`TokenLoss::backward`].
 pub fn next_token_loss(
     model: &Transformer,
     sequences: &[Vec<i64>],
     loss_mask: &[Vec<u8>],
+    checkpointing: bool,
 ) -> Result<TokenLoss> {
     let device = model.device();
     let width = sequences.iter().map(Vec::len).max().unwrap_or(0);
@@ -48,8 +63,10 @@ pub fn next_token_loss(
     let real = to_tensor(real, rows, device);
     let targets = to_tensor(targets, rows, device).narrow(1, 1, width as i64 - 1);
     let positions = position_ids_from_mask(&real);
-    let logits = model.forward(&ids, &positions, &real, None)?;
-    let logits = logits.narrow(1, 0, width as i64 - 1).to_kind(Kind::Float);
+    let (hidden, recompute) =
+        recompute::hidden_states(model, &ids, &positions, &real, checkpointing)?;
+    let logits = model.logits(&hidden.narrow(1, 0, width as i64 - 1));
+    let logits = logits.to_kind(Kind::Float);
     let next = ids.narrow(1, 1, width as i64 - 1);
     let logprobs = logits.log_softmax(-1, Kind::Float);
     let nll = -logprobs
@@ -67,6 +84,7 @@ pub fn next_token_loss(
         sum: (nll * &weight).sum(Kind::Float),
         tokens: weight.sum(Kind::Double).double_value(&[]),
         correct,
+        recompute,
     })
 }
 
@@ -80,7 +98,7 @@ pub fn completion_logprobs(
     completions: &[&[i64]],
     temperature: f64,
 ) -> Result<(Tensor, Tensor)> {
-    let forward = completion_forward(model, prompts, completions, temperature)?;
+    let forward = completion_forward(model, prompts, completions, temperature, false)?;
     Ok((forward.logprobs, forward.entropy))
 }
 
@@ -103,6 +121,8 @@ pub struct CompletionForward {
     /// The hidden states still attached to the model's graph, with what the chunks
     /// need again; `None` without gradient.
     graph: Option<(Tensor, LogprobInputs)>,
+    /// With activation checkpointing, the layers to run again in the backward.
+    recompute: Option<Recompute>,
 }
 
 /// Targets [rows, width] and sampling temperature of the completion log-probs, and
@@ -154,21 +174,23 @@ impl CompletionForward {
     /// `loss.backward()` for any loss built on this forward.
     pub fn backward(&self, model: &Transformer, loss: &Tensor) {
         loss.backward();
-        let Some((attached, inputs)) = &self.graph else {
-            return;
-        };
-        let grad = self.logprobs.grad();
-        if grad.defined() {
-            for (start, n) in inputs.chunks(&self.hidden) {
-                let (logprobs, _) = inputs.chunk(model, &self.hidden, start, n);
-                (logprobs * grad.narrow(1, start, n))
-                    .sum(Kind::Float)
-                    .backward();
+        if let Some((attached, inputs)) = &self.graph {
+            let grad = self.logprobs.grad();
+            if grad.defined() {
+                for (start, n) in inputs.chunks(&self.hidden) {
+                    let (logprobs, _) = inputs.chunk(model, &self.hidden, start, n);
+                    (logprobs * grad.narrow(1, start, n))
+                        .sum(Kind::Float)
+                        .backward();
+                }
+            }
+            let hidden_grad = self.hidden.grad();
+            if hidden_grad.defined() {
+                (attached * hidden_grad).sum(Kind::Float).backward();
             }
         }
-        let hidden_grad = self.hidden.grad();
-        if hidden_grad.defined() {
-            (attached * hidden_grad).sum(Kind::Float).backward();
+        if let Some(recompute) = &self.recompute {
+            recompute.backward(model);
         }
     }
 }
@@ -178,10 +200,25 @@ pub fn completion_forward(
     prompts: &[&[i64]],
     completions: &[&[i64]],
     temperature: f64,
+    checkpointing: bool,
 ) -> Result<CompletionForward> {
     let rows = prompts.len() as i64;
     let step = chunk_positions(rows, model.config.vocab_size as i64);
-    forward_in_chunks(model, prompts, completions, temperature, step, SMALL_LOGITS)
+    let chunking = Chunking {
+        step,
+        whole_up_to: SMALL_LOGITS,
+        checkpointing,
+    };
+    forward_in_chunks(model, prompts, completions, temperature, chunking)
+}
+
+/// How [`forward_in_chunks`] saves memory: positions per logits chunk, the logits
+/// size held whole, and activation checkpointing.
+#[derive(Clone, Copy)]
+struct Chunking {
+    step: i64,
+    whole_up_to: i64,
+    checkpointing: bool,
 }
 
 fn forward_in_chunks(
@@ -189,10 +226,14 @@ fn forward_in_chunks(
     prompts: &[&[i64]],
     completions: &[&[i64]],
     temperature: f64,
-    step: i64,
-    whole_up_to: i64,
+    chunking: Chunking,
 ) -> Result<CompletionForward> {
-    let (ids, attached) = completion_hidden(model, prompts, completions)?;
+    let Chunking {
+        step,
+        whole_up_to,
+        checkpointing,
+    } = chunking;
+    let (ids, attached, recompute) = completion_hidden(model, prompts, completions, checkpointing)?;
     let (p, c) = (ids.size()[1] - attached.size()[1], attached.size()[1]);
     let inputs = LogprobInputs {
         targets: ids.narrow(1, p, c),
@@ -209,6 +250,7 @@ fn forward_in_chunks(
             entropy,
             hidden: attached,
             graph: None,
+            recompute,
         });
     }
     let hidden = attached.detach();
@@ -230,6 +272,7 @@ fn forward_in_chunks(
             entropy,
             hidden,
             graph: None,
+            recompute,
         });
     }
     Ok(CompletionForward {
@@ -237,16 +280,19 @@ fn forward_in_chunks(
         entropy,
         hidden: hidden.set_requires_grad(true),
         graph: Some((attached, inputs)),
+        recompute,
     })
 }
 
 /// The packed ids [rows, prompt + completion width] and the hidden states at the
-/// positions that predict each completion token [rows, completion width, hidden].
+/// positions that predict each completion token [rows, completion width, hidden],
+/// with the layers to run again when `checkpointing`.
 pub fn completion_hidden(
     model: &Transformer,
     prompts: &[&[i64]],
     completions: &[&[i64]],
-) -> Result<(Tensor, Tensor)> {
+    checkpointing: bool,
+) -> Result<(Tensor, Tensor, Option<Recompute>)> {
     let device = model.device();
     let prompt_width = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
     let completion_width = completions
@@ -275,9 +321,38 @@ pub fn completion_hidden(
     let ids = to_tensor(ids, rows, device);
     let real = to_tensor(real, rows, device);
     let positions = position_ids_from_mask(&real);
-    let hidden = model.hidden_states(&ids, &positions, &real, None)?;
+    let (hidden, recompute) =
+        recompute::hidden_states(model, &ids, &positions, &real, checkpointing)?;
     let (p, c) = (prompt_width as i64, completion_width as i64);
-    Ok((ids, hidden.narrow(1, p - 1, c)))
+    Ok((ids, hidden.narrow(1, p - 1, c), recompute))
+}
+
+/// Consecutive micro-batches over sequences of `sizes` (prompt and completion
+/// lengths; left- and right-padded, a micro-batch is as wide as its longest prompt
+/// plus its longest completion): at most `rows` sequences each and, when `max_tokens`
+/// is not 0, at most `max_tokens` padded tokens. A sequence over the budget goes alone.
+pub fn micro_batches(
+    sizes: &[(usize, usize)],
+    rows: usize,
+    max_tokens: usize,
+) -> Vec<Range<usize>> {
+    let mut batches = Vec::new();
+    let (mut start, mut widest) = (0, (0, 0));
+    for (i, &(prompt, completion)) in sizes.iter().enumerate() {
+        let grown = (widest.0.max(prompt), widest.1.max(completion));
+        let count = i - start + 1;
+        let padded = count * (grown.0 + grown.1);
+        if i > start && (count > rows || (max_tokens > 0 && padded > max_tokens)) {
+            batches.push(start..i);
+            (start, widest) = (i, (prompt, completion));
+        } else {
+            widest = grown;
+        }
+    }
+    if start < sizes.len() {
+        batches.push(start..sizes.len());
+    }
+    batches
 }
 
 /// [rows, width] float mask with `lengths[i]` leading ones in row i.
@@ -338,8 +413,8 @@ mod tests {
         };
         // Today's path: the whole [rows, width, vocab] log-softmax under autograd.
         let (full_logprobs, full_entropy, full) = gradients(&|| {
-            let (ids, hidden) =
-                completion_hidden(&model.transformer, &prompts, &completions).unwrap();
+            let (ids, hidden, _) =
+                completion_hidden(&model.transformer, &prompts, &completions, false).unwrap();
             let c = hidden.size()[1];
             let targets = ids.narrow(1, ids.size()[1] - c, c).unsqueeze(-1);
             let lsm =
@@ -349,15 +424,27 @@ mod tests {
             (&logprobs * &weights * &mask).sum(Kind::Float).backward();
             (logprobs.detach(), entropy.detach())
         });
-        for (step, whole_up_to) in [(1, 0), (3, 0), (7, 0), (7, i64::MAX)] {
+        let cases = [
+            (1, 0, false),
+            (3, 0, false),
+            (7, 0, false),
+            (7, i64::MAX, false),
+        ];
+        // The same with activation checkpointing, chunked and whole.
+        let cases = cases.into_iter().chain([(3, 0, true), (7, i64::MAX, true)]);
+        for (step, whole_up_to, checkpointing) in cases {
+            let chunking = Chunking {
+                step,
+                whole_up_to,
+                checkpointing,
+            };
             let (logprobs, entropy, chunked) = gradients(&|| {
                 let forward = forward_in_chunks(
                     &model.transformer,
                     &prompts,
                     &completions,
                     temperature,
-                    step,
-                    whole_up_to,
+                    chunking,
                 )
                 .unwrap();
                 let loss = (&forward.logprobs * &weights * &mask).sum(Kind::Float);
@@ -379,6 +466,52 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// SFT's loss with activation checkpointing: the same value and gradients.
+    #[test]
+    fn checkpointed_next_token_loss_gives_the_plain_gradients() {
+        use crate::model::{Model, ModelConfig};
+        let config = ModelConfig::tiny_qwen2(40, 16, 3, 4);
+        let model = Model::random(&config, Device::Cpu, crate::types::Dtype::F32, 2).unwrap();
+        let sequences = vec![vec![1, 5, 9, 3, 7, 2], vec![4, 4, 8]];
+        let masks = vec![vec![0, 0, 1, 1, 1, 1], vec![0, 1, 1]];
+        let run = |checkpointing: bool| {
+            for (_, mut variable) in model.vs.variables() {
+                variable.zero_grad();
+            }
+            let loss =
+                next_token_loss(&model.transformer, &sequences, &masks, checkpointing).unwrap();
+            assert_eq!(loss.recompute.is_some(), checkpointing);
+            loss.backward(&model.transformer, &(&loss.sum / loss.tokens));
+            let mut grads: Vec<(String, Tensor)> = model
+                .vs
+                .variables()
+                .into_iter()
+                .map(|(name, v)| (name, v.grad().copy()))
+                .collect();
+            grads.sort_by(|a, b| a.0.cmp(&b.0));
+            (loss.sum.double_value(&[]), grads)
+        };
+        let (plain_loss, plain) = run(false);
+        let (loss, checkpointed) = run(true);
+        assert!((plain_loss - loss).abs() < 1e-5);
+        for ((name, a), (_, b)) in checkpointed.iter().zip(&plain) {
+            let diff = (a - b).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "gradient of {name} differs by {diff}");
+            assert!(b.abs().sum(Kind::Float).double_value(&[]) > 0.0 || name.contains("bias"));
+        }
+    }
+
+    #[test]
+    fn micro_batches_respect_rows_and_the_padded_token_budget() {
+        let sizes = [(4, 6), (2, 10), (3, 1), (4, 4), (20, 30), (1, 1)];
+        let ranges = |rows, tokens| micro_batches(&sizes, rows, tokens);
+        assert_eq!(ranges(2, 0), vec![0..2, 2..4, 4..6]);
+        // 2 × (4 + 10) = 28 fits 30; adding (3, 1) makes 3 × 14 = 42.
+        assert_eq!(ranges(8, 30), vec![0..2, 2..4, 4..5, 5..6]);
+        assert_eq!(ranges(8, 0), vec![0..6]);
+        assert_eq!(ranges(1, 1), (0..6).map(|i| i..i + 1).collect::<Vec<_>>());
     }
 
     #[test]

@@ -209,15 +209,17 @@ impl Objective for Grpo {
         let started = Instant::now();
         let batch = self.batch.as_ref().context("no generation batch")?;
         let lengths = self.loss_lengths(&batch.rollouts);
+        let ranges = self.source.micro_batches(&batch.rollouts);
         let share = BatchShare {
-            micro_batches: batch.rollouts.len().div_ceil(self.source.micro_batch),
+            micro_batches: ranges.len(),
+            batch_sequences: batch.rollouts.len(),
             batch_tokens: lengths.iter().sum::<usize>() as f64,
         };
         let (mut loss_sum, mut entropy_sum) = (0.0, 0.0);
         let mut stats = LossStats::default();
-        for (chunk_index, chunk) in batch.rollouts.chunks(self.source.micro_batch).enumerate() {
-            let first = chunk_index * self.source.micro_batch;
-            let lengths = &lengths[first..first + chunk.len()];
+        for (chunk_index, range) in ranges.into_iter().enumerate() {
+            let (first, chunk) = (range.start, &batch.rollouts[range.clone()]);
+            let lengths = &lengths[range];
             let (loss, entropy, chunk_stats) = self
                 .micro_batch_update(model, batch, first, chunk, lengths, share)
                 .with_context(|| format!("step {} micro-batch {chunk_index}", step + 1))?;
@@ -238,6 +240,7 @@ impl Objective for Grpo {
             "clip_ratio/region_mean".into(),
             (stats.clipped_low + stats.clipped_high) / tokens,
         );
+        metrics.insert("micro_batches".into(), share.micro_batches as f64);
         metrics.insert("time/update".into(), started.elapsed().as_secs_f64());
         Ok(metrics)
     }

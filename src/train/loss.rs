@@ -8,8 +8,11 @@
 //! - `dr_grpo`: sum over tokens / (sequences · max_completion_length);
 //! - `dapo`: sum over tokens / tokens of the whole generation batch.
 //!
-//! A generation batch is trained in micro-batches whose gradients add up; the first
-//! three types average their micro-batch values, `dapo` divides by the global count.
+//! A generation batch is trained in micro-batches whose gradients add up. `grpo` and
+//! `dr_grpo` divide by the batch's sequence count and `dapo` by its token count, so
+//! they do not depend on how the batch is cut (micro-batches of unequal size
+//! included); `bnpo`, a mean per micro-batch by definition, averages its
+//! micro-batches' values as TRL does.
 
 use crate::config::run::LossType;
 use tch::{Kind, Tensor};
@@ -27,6 +30,8 @@ pub struct PolicyLossConfig {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BatchShare {
     pub micro_batches: usize,
+    /// Sequences in the whole generation batch.
+    pub batch_sequences: usize,
     /// Completion tokens (mask ones) in the whole generation batch.
     pub batch_tokens: f64,
 }
@@ -116,21 +121,20 @@ fn aggregate(
 ) -> Tensor {
     let masked = per_token * mask;
     let micro_batches = share.micro_batches.max(1) as f64;
-    let sequences = mask.size()[0] as f64;
+    let sequences = share.batch_sequences.max(1) as f64;
     match config.loss_type {
         LossType::Grpo => {
             let per_sequence = masked.sum_dim_intlist(-1, false, per_token.kind())
                 / mask
                     .sum_dim_intlist(-1, false, per_token.kind())
                     .clamp_min(1.0);
-            per_sequence.mean(per_token.kind()) / micro_batches
+            per_sequence.sum(per_token.kind()) / sequences
         }
         LossType::Bnpo => {
             masked.sum(per_token.kind()) / mask.sum(per_token.kind()).clamp_min(1.0) / micro_batches
         }
         LossType::DrGrpo => {
-            masked.sum(per_token.kind())
-                / (sequences * config.max_completion_length as f64 * micro_batches)
+            masked.sum(per_token.kind()) / (sequences * config.max_completion_length as f64)
         }
         LossType::Dapo => masked.sum(per_token.kind()) / share.batch_tokens.max(1.0),
     }
@@ -181,16 +185,16 @@ mod tests {
     /// Each token's weight in the aggregated loss.
     fn weights(config: &PolicyLossConfig, share: BatchShare) -> [[f64; 3]; 2] {
         let tokens: f64 = MASK.as_flattened().iter().sum();
-        let mb = share.micro_batches as f64;
+        let (mb, sequences) = (share.micro_batches as f64, share.batch_sequences as f64);
         let mut w = [[0.0; 3]; 2];
         for b in 0..2 {
             let row: f64 = MASK[b].iter().sum();
             for t in 0..3 {
                 w[b][t] = MASK[b][t]
                     * match config.loss_type {
-                        LossType::Grpo => 1.0 / row / 2.0 / mb,
+                        LossType::Grpo => 1.0 / row / sequences,
                         LossType::Bnpo => 1.0 / tokens / mb,
-                        LossType::DrGrpo => 1.0 / (2.0 * config.max_completion_length as f64) / mb,
+                        LossType::DrGrpo => 1.0 / (sequences * config.max_completion_length as f64),
                         LossType::Dapo => 1.0 / share.batch_tokens,
                     };
             }
@@ -201,6 +205,7 @@ mod tests {
     fn check(config: PolicyLossConfig, on_policy: bool) {
         let share = BatchShare {
             micro_batches: 2,
+            batch_sequences: 5,
             batch_tokens: 11.0,
         };
         let logp = tensor(&LOGP).set_requires_grad(true);
@@ -280,6 +285,7 @@ mod tests {
         };
         let share = BatchShare {
             micro_batches: 1,
+            batch_sequences: 2,
             batch_tokens: 5.0,
         };
         let logp = tensor(&LOGP);

@@ -13,6 +13,7 @@ pub mod loss;
 pub mod optim;
 pub mod ppo;
 pub mod pretrain;
+pub mod recompute;
 pub mod reward_model;
 pub mod rollout;
 pub mod sft;

@@ -301,7 +301,7 @@ mod tests {
         let masks: Vec<Vec<u8>> = sequences.iter().map(|s| vec![1; s.len()]).collect();
         for _ in 0..3 {
             optimizer.zero_grad();
-            let loss = next_token_loss(&model.transformer, &sequences, &masks).unwrap();
+            let loss = next_token_loss(&model.transformer, &sequences, &masks, false).unwrap();
             (loss.sum / loss.tokens).backward();
             optimizer.step(1e-6);
         }
@@ -349,7 +349,7 @@ mod tests {
         let masks = vec![vec![1u8; 10]];
         let step = |model: &Model, optimizer: &mut AdamW| {
             optimizer.zero_grad();
-            let loss = next_token_loss(&model.transformer, &sequences, &masks).unwrap();
+            let loss = next_token_loss(&model.transformer, &sequences, &masks, false).unwrap();
             loss.sum.backward();
             optimizer.step(1e-4);
         };

@@ -96,7 +96,8 @@ impl Ppo {
     /// Log-probs and values of `rollouts` under `model`, per row, without gradient.
     fn logprobs_and_values(&self, model: &Model, rollouts: &[Rollout]) -> Result<(Rows, Rows)> {
         let (mut logprobs, mut values) = (Vec::new(), Vec::new());
-        for chunk in rollouts.chunks(self.source.micro_batch) {
+        for range in self.source.micro_batches(rollouts) {
+            let chunk = &rollouts[range];
             let (lp, v) = tch::no_grad(|| -> Result<(Tensor, Tensor)> {
                 let forward = self.source.forward(model, chunk)?;
                 let v = values_of(model, &self.source, &forward, chunk)?;
@@ -261,7 +262,8 @@ fn values_of<'a>(
         return head_values(model, &forward.hidden);
     };
     let (prompts, completions) = source.sequences(rollouts);
-    let (_, hidden) = completion_hidden(critic, &prompts, &completions)?;
+    // The critic keeps its activations: checkpointing covers the policy's layers.
+    let (_, hidden, _) = completion_hidden(critic, &prompts, &completions, false)?;
     head_values(model, &hidden)
 }
 
@@ -312,8 +314,9 @@ impl Objective for Ppo {
         let epsilon = (self.source.rl.epsilon, self.source.rl.epsilon_high());
         let (mut pg_sum, mut vf_sum, mut clipped, mut vf_clipped, mut entropy_sum, mut approx_kl) =
             (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-        for micro in picks.chunks(self.source.micro_batch) {
-            let chunk: Vec<&Rollout> = micro.iter().map(|&i| &batch.rollouts[i]).collect();
+        let picked: Vec<&Rollout> = picks.iter().map(|&i| &batch.rollouts[i]).collect();
+        for range in self.source.micro_batches(picked.iter().copied()) {
+            let (micro, chunk) = (&picks[range.clone()], &picked[range]);
             let forward = self.source.forward(model, chunk.iter().copied())?;
             let values = values_of(model, &self.source, &forward, chunk.iter().copied())?;
             let width = forward.logprobs.size()[1] as usize;

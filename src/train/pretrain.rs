@@ -8,7 +8,7 @@
 //! token the same.
 
 use super::Objective;
-use super::batch::{DataOrder, next_token_loss};
+use super::batch::{DataOrder, micro_batches, next_token_loss};
 use crate::config::RunConfig;
 use crate::config::run::{DataSection, OnBadRecord};
 use crate::data::prompts::filter_records;
@@ -30,6 +30,8 @@ pub struct NextToken {
     order: DataOrder,
     batch_size: usize,
     accumulation: usize,
+    checkpointing: bool,
+    max_tokens: usize,
 }
 
 impl NextToken {
@@ -42,6 +44,8 @@ impl NextToken {
             examples,
             batch_size: config.train.batch_size,
             accumulation: config.train.gradient_accumulation_steps,
+            checkpointing: config.train.gradient_checkpointing,
+            max_tokens: config.train.max_tokens_per_micro_batch,
         })
     }
 }
@@ -62,7 +66,12 @@ impl Objective for NextToken {
             })
             .sum();
         let (mut loss_sum, mut correct) = (0.0, 0.0);
-        for micro in picks.chunks(self.batch_size) {
+        let sizes: Vec<(usize, usize)> = picks
+            .iter()
+            .map(|&i| (self.examples.sequences[i].len(), 0))
+            .collect();
+        for range in micro_batches(&sizes, self.batch_size, self.max_tokens) {
+            let micro = &picks[range];
             let sequences: Vec<Vec<i64>> = micro
                 .iter()
                 .map(|&i| self.examples.sequences[i].clone())
@@ -71,9 +80,10 @@ impl Objective for NextToken {
                 .iter()
                 .map(|&i| self.examples.loss_masks[i].clone())
                 .collect();
-            let token_loss = next_token_loss(&model.transformer, &sequences, &masks)?;
+            let token_loss =
+                next_token_loss(&model.transformer, &sequences, &masks, self.checkpointing)?;
             let loss = &token_loss.sum / step_tokens.max(1.0);
-            loss.backward();
+            token_loss.backward(&model.transformer, &loss);
             loss_sum += token_loss.sum.double_value(&[]);
             correct += token_loss.correct;
         }

@@ -2,7 +2,7 @@
 //! completions with the KV cache, scoring them with the task's rewards, the frozen
 //! reference's log-probs, reward metrics and samples.jsonl.
 
-use super::batch::{CompletionForward, DataOrder, completion_forward, step_seed};
+use super::batch::{CompletionForward, DataOrder, completion_forward, micro_batches, step_seed};
 use crate::config::run::RlSection;
 use crate::config::{RunConfig, TaskConfig};
 use crate::data::prompts::{Prompt, load_prompts};
@@ -13,6 +13,7 @@ use crate::sample::{self, Completion, FinishReason, SamplingParams};
 use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::Tensor;
@@ -33,7 +34,11 @@ pub struct Rollout {
 
 pub struct RolloutSource {
     pub rl: RlSection,
+    /// Rows per micro-batch, padded tokens per micro-batch (0: no budget), and
+    /// activation checkpointing in the training forward.
     pub micro_batch: usize,
+    max_tokens: usize,
+    checkpointing: bool,
     seed: u64,
     sample_log_steps: usize,
     pub prompts: Vec<Prompt>,
@@ -112,6 +117,8 @@ impl RolloutSource {
         };
         Ok(Self {
             micro_batch: config.train.batch_size,
+            max_tokens: config.train.max_tokens_per_micro_batch,
+            checkpointing: config.train.gradient_checkpointing,
             seed: config.seed,
             sample_log_steps: config.train.sample_log_steps,
             order: DataOrder::new(prompts.len(), config.seed),
@@ -221,7 +228,8 @@ impl RolloutSource {
         rollouts: &[Rollout],
     ) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(rollouts.len());
-        for chunk in rollouts.chunks(self.micro_batch) {
+        for range in self.micro_batches(rollouts.iter()) {
+            let chunk = &rollouts[range];
             let logprobs = tch::no_grad(|| self.forward(reference, chunk))?.logprobs;
             out.extend(completion_rows(&logprobs, chunk)?);
         }
@@ -300,6 +308,21 @@ impl RolloutSource {
             .unzip()
     }
 
+    /// The micro-batches `rollouts` go through the model in, as index ranges (see
+    /// [`micro_batches`]: `train.batch_size` rows, `train.max_tokens_per_micro_batch`).
+    pub fn micro_batches<'b>(
+        &self,
+        rollouts: impl IntoIterator<Item = &'b Rollout>,
+    ) -> Vec<Range<usize>> {
+        let (prompts, completions) = self.sequences(rollouts);
+        let sizes: Vec<(usize, usize)> = prompts
+            .iter()
+            .zip(&completions)
+            .map(|(p, c)| (p.len(), c.len()))
+            .collect();
+        micro_batches(&sizes, self.micro_batch, self.max_tokens)
+    }
+
     /// One forward pass of `model` over the rollouts' prompts and completions.
     pub fn forward<'a>(
         &self,
@@ -312,6 +335,7 @@ impl RolloutSource {
             &prompts,
             &completions,
             self.rl.temperature,
+            self.checkpointing,
         )
     }
 

@@ -43,7 +43,7 @@ fn a_reward_model_learns_synthetic_preferences_and_scores_a_task() {
     std::fs::write(dir.path().join("pairs.jsonl"), lines.join("\n")).unwrap();
     let body = format!(
         "name: rm\noutput_dir: {out}\nseed: {seed}\nmodel: {{path: {model}}}\ndata: {{path: {out}/pairs.jsonl, max_length: 64}}\n\
-         optim: {{learning_rate: 5.0e-3, lr_scheduler: constant}}\ntrain: {{max_steps: 30, batch_size: 16}}\n\
+         optim: {{learning_rate: 5.0e-3, lr_scheduler: constant}}\ntrain: {{max_steps: 30, batch_size: 16, threads: 2}}\n\
          rm: {{eval_fraction: 0.25, eval_steps: 10, center_rewards_coefficient: 0.01}}\n",
         out = dir.path().display(),
         seed = test_seed(0),

@@ -204,7 +204,7 @@ fn a_diverging_run_stops_and_keeps_its_last_checkpoint() {
     let body = format!(
         "name: nan\noutput_dir: {out}\nmodel: {{path: {model}}}\ndata: {{path: {out}/corpus.txt, max_length: 16}}\n\
          optim: {{learning_rate: 1.0e+30, max_grad_norm: 0, lr_scheduler: constant}}\n\
-         train: {{max_steps: 20, batch_size: 4, save_steps: 1}}\n",
+         train: {{max_steps: 20, batch_size: 4, save_steps: 1, threads: 2}}\n",
         out = dir.path().display(),
         model = model.display()
     );
@@ -266,7 +266,7 @@ fn a_resume_under_a_changed_config_is_refused_unless_allowed() {
         let body = format!(
             "name: sft\noutput_dir: {out}\nseed: {seed}\nmodel: {{path: {model}}}\n\
              data: {{path: {out}/sft.jsonl}}\noptim: {{learning_rate: {lr}}}\n\
-             train: {{max_steps: 2, batch_size: 2, save_steps: 1}}\n",
+             train: {{max_steps: 2, batch_size: 2, save_steps: 1, threads: 2}}\n",
             out = dir.path().display(),
             model = model.display()
         );

@@ -226,6 +226,9 @@ pub struct TrainSection {
     /// Micro-batches hold at most this many padded tokens (rows × longest sequence)
     /// as well as at most `batch_size` rows; 0: rows only.
     pub max_tokens_per_micro_batch: usize,
+    /// libtorch threads per step; 0 adapts to the machine: other busy processes get
+    /// their cores back (see `train/threads.rs`). A fixed count repeats bit for bit.
+    pub threads: usize,
 }
 
 impl Default for TrainSection {
@@ -240,6 +243,7 @@ impl Default for TrainSection {
             on_bad_record: OnBadRecord::Error,
             gradient_checkpointing: false,
             max_tokens_per_micro_batch: 0,
+            threads: 0,
         }
     }
 }

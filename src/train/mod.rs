@@ -17,6 +17,7 @@ pub mod recompute;
 pub mod reward_model;
 pub mod rollout;
 pub mod sft;
+pub mod threads;
 
 use crate::config::RunConfig;
 use crate::config::run::{Algorithm, Device};
@@ -158,8 +159,10 @@ pub fn train(
     }
     let total = config.train.max_steps;
     let progress = progress_bar(stage, total, start);
+    let mut governor = threads::ThreadGovernor::new(config.train.threads);
     for step in start..total {
         let started = Instant::now();
+        let threads = governor.before_step();
         optimizer.zero_grad();
         let mut metrics = objective.accumulate(&model, step, &run)?;
         let loss = metrics.get("loss").copied().unwrap_or(0.0);
@@ -178,6 +181,7 @@ pub fn train(
         optimizer.step(lr);
         metrics.insert("grad_norm".into(), grad_norm);
         metrics.insert("learning_rate".into(), lr);
+        metrics.insert("threads".into(), threads as f64);
         metrics.insert("time/step".into(), started.elapsed().as_secs_f64());
         let done = step + 1;
         if done % config.train.logging_steps == 0 || done == total {

@@ -83,6 +83,8 @@ train:
   {train}
   batch_size: 16
   sample_log_steps: 2
+  # Bit-for-bit comparisons between runs need a fixed libtorch thread count.
+  threads: 2
 rl:
   prompts_per_step: 4
   num_generations: 8

@@ -397,6 +397,12 @@ impl TrainArgs {
 enum BenchKind {
     /// Sampling tokens/s: rlvr vs its libtorch steps, no KV cache and transformers' generate().
     Sample {
+        /// The model's shape (random weights).
+        #[arg(long, value_enum, default_value = "small")]
+        shape: crate::bench::Shape,
+        /// The weights' dtype on both sides: f32, bf16.
+        #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+        dtype: crate::types::Dtype,
         #[arg(long, default_value_t = 64)]
         rows: usize,
         #[arg(long, default_value_t = 16)]
@@ -432,16 +438,24 @@ enum BenchKind {
     },
 }
 
+fn parse_dtype(text: &str) -> Result<crate::types::Dtype, String> {
+    serde_yaml::from_str(text).map_err(|_| format!("unknown dtype {text:?}: f32, bf16 or f16"))
+}
+
 impl BenchKind {
     fn run(self) -> Result<()> {
         match self {
             BenchKind::Sample {
+                shape,
+                dtype,
                 rows,
                 prompt_tokens,
                 new_tokens,
                 threads,
                 repeats,
             } => crate::bench::sample(&crate::bench::SampleBench {
+                shape,
+                dtype,
                 rows,
                 prompt_tokens,
                 new_tokens,

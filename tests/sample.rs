@@ -229,13 +229,48 @@ fn the_cpu_decoder_matches_libtorch_steps() {
 fn the_portable_decoder_refuses_a_model_it_cannot_run() {
     tch::manual_seed(4);
     let config = ModelConfig::tiny_qwen2(40, 32, 2, 4);
-    let model = Model::random(&config, Device::Cpu, Dtype::Bf16, 0).unwrap();
+    let model = Model::random(&config, Device::Cpu, Dtype::F16, 0).unwrap();
     let params = SamplingParams {
         kernels: Kernels::Portable,
         ..greedy(2)
     };
     let error = generate(&model.transformer, &[vec![1, 2]], &params, None).unwrap_err();
-    assert!(error.to_string().contains("f32 model"), "{error}");
+    assert!(error.to_string().contains("f32 or bf16 model"), "{error}");
+}
+
+/// The CPU decoder reads bf16 weights in place and computes in f32: the same tokens
+/// and log-probs as an f32 model holding the same (bf16-rounded) weights, sampled as
+/// well as greedy. (Portable kernels: `Auto` hands bf16 to libtorch on CPUs with
+/// AVX512_BF16; the AVX2 set's bf16 product has its own test in `cpu_kernels`.)
+#[test]
+fn bf16_weights_decode_as_their_f32_values() {
+    let config = ModelConfig::tiny_qwen2(48, 32, 2, 4);
+    let bf16 = Model::random(&config, Device::Cpu, Dtype::Bf16, 5).unwrap();
+    let mut f32 = Model::random(&config, Device::Cpu, Dtype::F32, 0).unwrap();
+    f32.vs.copy(&bf16.vs).unwrap();
+    let prompts = vec![vec![1, 2, 3, 4], vec![7, 8], vec![9, 10, 11, 12, 13]];
+    for temperature in [0.0, 1.0] {
+        let params = SamplingParams {
+            kernels: Kernels::Portable,
+            temperature,
+            seed: 3,
+            ..greedy(10)
+        };
+        let ours = generate(&bf16.transformer, &prompts, &params, None).unwrap();
+        let reference = generate(&f32.transformer, &prompts, &params, None).unwrap();
+        assert_same(&ours, &reference, "bf16 weights", temperature);
+    }
+}
+
+/// Past 32 MB of weights one decoder serves the whole batch and splits every matrix
+/// product over the threads: still the tokens and log-probs of libtorch's steps.
+#[test]
+fn a_large_model_decodes_with_its_products_split_over_threads() {
+    // 8192 × 1024 embeddings and head alone are 64 MB in f32.
+    let config = ModelConfig::tiny_qwen2(8192, 1024, 1, 8);
+    let model = Model::random(&config, Device::Cpu, Dtype::F32, 2).unwrap();
+    let prompts = vec![vec![1, 2, 3], vec![4, 5, 6, 7, 8], vec![9]];
+    same_as_libtorch(&model, &prompts, &greedy(4));
 }
 
 #[test]

@@ -10,7 +10,6 @@ pub mod rewards;
 pub mod rl;
 mod transformers;
 
-use crate::model::cpu_kernels::KernelSet;
 use crate::model::{Model, ModelConfig, position_ids_from_mask};
 use crate::sample::{self, Kernels, SamplingParams};
 use crate::types::Dtype;
@@ -20,11 +19,42 @@ use tch::{Device, Kind, Tensor};
 use transformers::HfGenerate;
 
 pub struct SampleBench {
+    pub shape: Shape,
+    pub dtype: Dtype,
     pub rows: usize,
     pub prompt_tokens: usize,
     pub new_tokens: usize,
     pub threads: usize,
     pub repeats: usize,
+}
+
+/// The model shapes the benchmarks build (random weights).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shape {
+    /// The ~1M-parameter Qwen2 of the tiny benchmarks.
+    Small,
+    /// Qwen2.5-0.5B's shape, untied: 24 layers, hidden 896, 14 heads / 2 KV heads,
+    /// MLP 4864, vocabulary 151,936 (630M parameters).
+    #[value(name = "qwen2.5-0.5b")]
+    Qwen05b,
+}
+
+impl Shape {
+    pub fn config(self) -> ModelConfig {
+        match self {
+            Shape::Small => bench_model_config(),
+            Shape::Qwen05b => {
+                let mut config = ModelConfig::tiny_qwen2(151_936, 896, 24, 14);
+                config.num_key_value_heads = Some(2);
+                config.intermediate_size = 4864;
+                config.tie_word_embeddings = false;
+                config.max_position_embeddings = 32_768;
+                config.rms_norm_eps = 1e-6;
+                config.rope_theta = Some(1_000_000.0);
+                config
+            }
+        }
+    }
 }
 
 /// The ~1M-parameter Qwen2 the benchmark samples from.
@@ -34,10 +64,16 @@ pub fn bench_model_config() -> ModelConfig {
     config
 }
 
+/// Memory reads per second this machine's cores get (measured: 22-25 GB/s), for the
+/// bandwidth floor of a decode step, which reads every weight once.
+const READ_BANDWIDTH: f64 = 23e9;
+
 pub fn sample(bench: &SampleBench) -> Result<()> {
     tch::set_num_threads(bench.threads as i32);
-    let model = Model::random(&bench_model_config(), Device::Cpu, Dtype::F32, 0)?;
+    let config = bench.shape.config();
+    let model = Model::random(&config, Device::Cpu, bench.dtype, 0)?;
     let parameters = model.parameter_count();
+    let small = bench.shape == Shape::Small;
     let prompts: Vec<Vec<i64>> = (0..bench.rows)
         .map(|r| {
             (0..bench.prompt_tokens)
@@ -52,9 +88,19 @@ pub fn sample(bench: &SampleBench) -> Result<()> {
     };
     let generated = (bench.rows * bench.new_tokens) as f64;
     println!(
-        "sampling benchmark: Qwen2 {parameters} parameters, {} rows × {} new tokens after {}-token prompts, {} libtorch thread(s), best of {}",
-        bench.rows, bench.new_tokens, bench.prompt_tokens, bench.threads, bench.repeats
+        "sampling benchmark: Qwen2 {parameters} parameters ({:?}), {} rows × {} new tokens after {}-token prompts, {} libtorch thread(s), best of {}",
+        bench.dtype,
+        bench.rows,
+        bench.new_tokens,
+        bench.prompt_tokens,
+        bench.threads,
+        bench.repeats
     );
+    // Every decode step reads every weight but the embeddings once.
+    let element = if bench.dtype == Dtype::F32 { 4.0 } else { 2.0 };
+    let embeddings = (config.vocab_size * config.hidden_size) as f64;
+    let step_bytes = (parameters as f64 - embeddings) * element;
+    let floor = bench.new_tokens as f64 * step_bytes / READ_BANDWIDTH;
 
     let libtorch_params = SamplingParams {
         kernels: Kernels::Libtorch,
@@ -80,33 +126,43 @@ pub fn sample(bench: &SampleBench) -> Result<()> {
     if let Ok(hf) = &mut transformers {
         hf.stop();
     }
-    let libtorch = best_of(bench.repeats, || {
+    // At real sizes one run of each baseline is long enough to time.
+    let repeats = if small { bench.repeats } else { 1 };
+    let libtorch = best_of(repeats, || {
         sample::generate(&model.transformer, &prompts, &libtorch_params, None).map(|_| ())
     })?;
     // Seconds per run: two are enough to see a ×10 gap.
-    let uncached = best_of(bench.repeats.min(2), || {
-        no_cache_generate(&model, &prompts, &params)
-    })?;
-    // What `Kernels::Auto` ran.
-    let steps = match KernelSet::detect_avx2() {
-        Some(avx2) => format!("CPU decoder, {} kernels", avx2.name()),
-        None => "libtorch".to_string(),
+    let uncached = if small {
+        Some(best_of(bench.repeats.min(2), || {
+            no_cache_generate(&model, &prompts, &params)
+        })?)
+    } else {
+        None
     };
+    // What `Kernels::Auto` ran.
+    let steps = sample::default_path(&model.transformer);
     println!(
-        "  rlvr                {:>9.0} tokens/s  ({cached:.3} s)   decode steps: {}",
+        "  rlvr                {:>9.0} tokens/s  ({cached:.3} s)   decode steps: {steps}",
         generated / cached,
-        steps
+    );
+    println!(
+        "  bandwidth floor     {floor:.3} s for {} decode steps reading {:.2} GB each: rlvr at {:.0}% of it",
+        bench.new_tokens,
+        step_bytes / 1e9,
+        100.0 * floor / cached
     );
     println!(
         "  rlvr, libtorch steps{:>9.0} tokens/s  ({libtorch:.3} s)   rlvr / this ×{:.2}",
         generated / libtorch,
         libtorch / cached
     );
-    println!(
-        "  rlvr, no KV cache   {:>9.0} tokens/s  ({uncached:.3} s)   rlvr / this ×{:.2}",
-        generated / uncached,
-        uncached / cached
-    );
+    if let Some(uncached) = uncached {
+        println!(
+            "  rlvr, no KV cache   {:>9.0} tokens/s  ({uncached:.3} s)   rlvr / this ×{:.2}",
+            generated / uncached,
+            uncached / cached
+        );
+    }
 
     match transformers {
         Ok(_) => println!(

@@ -13,10 +13,11 @@ use std::time::Duration;
 const SCRIPT: &str = r#"
 import sys, time, torch
 from transformers import AutoModelForCausalLM
-model_dir, rows, prompt_tokens, new_tokens, threads = sys.argv[1], *map(int, sys.argv[2:])
+model_dir, dtype = sys.argv[1], getattr(torch, sys.argv[2])
+rows, prompt_tokens, new_tokens, threads = map(int, sys.argv[3:])
 torch.set_num_threads(threads)
 torch.manual_seed(0)
-model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
 ids = torch.tensor([[(r * 31 + t * 7) % 500 + 3 for t in range(prompt_tokens)] for r in range(rows)])
 def run():
     with torch.no_grad():
@@ -57,6 +58,11 @@ impl HfGenerate {
             .arg("-c")
             .arg(SCRIPT)
             .arg(dir.join("model"))
+            .arg(match bench.dtype {
+                crate::types::Dtype::F32 => "float32",
+                crate::types::Dtype::Bf16 => "bfloat16",
+                crate::types::Dtype::F16 => "float16",
+            })
             .args(sizes.map(|n| n.to_string()))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -1,10 +1,10 @@
-//! Sampling forward passes of an f32 model on a CPU, in plain Rust: the prompts, then
-//! the decode steps.
+//! Sampling forward passes of an f32 or bf16 model on a CPU, in plain Rust: the
+//! prompts, then the decode steps.
 //!
 //! A decode step feeds one token per row: every matrix is tiny. Through libtorch such
 //! a step is about 250 kernels, and at these sizes each kernel's fixed dispatch and
 //! allocation cost is as large as its arithmetic. Here a pass is a loop over the fed
-//! tokens; matrix products (against weights repacked once per decoder), attention's dot
+//! tokens; matrix products (reading the weights where the model keeps them), attention's dot
 //! products and weighted sums, SiLU and softmax run in the kernel set the decoder was
 //! made with (`cpu_kernels/`: AVX2/FMA, or portable Rust). Prompts go through the same
 //! code, all their tokens at once, which keeps every thread's work on its own cache
@@ -13,64 +13,88 @@
 //! The arithmetic is the transformer's (`transformer.rs`), in f32; `tests/sample.rs`
 //! checks that both paths give the same tokens and log-probs.
 
-use super::cpu_kernels::{KernelSet, PackedWeights};
+use super::cpu_kernels::{Elements, KernelSet, Matrix};
 use super::transformer::{LayerView, LinearView, NormView, Transformer};
 use anyhow::{Context, Result, bail};
 use tch::{Device, Kind, Tensor};
 
-/// A copy of the floats of an f32 CPU tensor, in row-major order. A copy rather than a
-/// view of the tensor's memory: the model's variables can be changed or freed through
-/// their `VarStore` while a decoder lives. It is made once per decoder, not per step.
+/// A copy, in f32, of a small CPU tensor (a norm's scale, a bias) of the kinds the
+/// decoder reads.
 fn floats(tensor: &Tensor) -> Option<Vec<f32>> {
-    let usable =
-        tensor.kind() == Kind::Float && tensor.device() == Device::Cpu && tensor.numel() > 0;
-    if !usable {
-        return None;
-    }
-    Vec::<f32>::try_from(tensor.reshape(-1)).ok()
+    readable(tensor)?;
+    Vec::<f32>::try_from(tensor.to_kind(Kind::Float).reshape(-1)).ok()
 }
 
-/// A weight matrix, packed for the matrix product, and its bias.
-struct Projection {
-    weight: PackedWeights,
+/// f32 and bf16 tensors on the CPU, with elements.
+fn readable(tensor: &Tensor) -> Option<()> {
+    let kind_ok = matches!(tensor.kind(), Kind::Float | Kind::BFloat16);
+    (kind_ok && tensor.device() == Device::Cpu && tensor.numel() > 0).then_some(())
+}
+
+/// The elements of a 2-D weight where the tensor keeps them, borrowed for as long as
+/// the tensor is.
+///
+/// Sound because a decoder lives only inside one `generate` call, which borrows the
+/// model: nothing writes the weights while it runs (training and sampling take
+/// turns on one thread), and the tensor cannot be freed while borrowed.
+fn matrix(tensor: &Tensor) -> Option<Matrix<'_>> {
+    readable(tensor)?;
+    let &[_, inputs] = tensor.size().as_slice() else {
+        return None;
+    };
+    if !tensor.is_contiguous() {
+        return None;
+    }
+    let (ptr, len) = (tensor.data_ptr(), tensor.numel());
+    // SAFETY: a contiguous CPU tensor of `len` elements of this kind starts at `ptr`
+    // and outlives the borrow (see above).
+    let elements = unsafe {
+        match tensor.kind() {
+            Kind::Float => Elements::F32(std::slice::from_raw_parts(ptr as *const f32, len)),
+            _ => Elements::Bf16(std::slice::from_raw_parts(ptr as *const u16, len)),
+        }
+    };
+    Some(Matrix::new(elements, inputs as usize))
+}
+
+/// A weight matrix and its bias.
+struct Projection<'m> {
+    weight: Matrix<'m>,
     bias: Option<Vec<f32>>,
 }
 
-impl Projection {
-    fn new(linear: &LinearView) -> Option<Self> {
-        let &[_, inputs] = linear.weight.size().as_slice() else {
-            return None;
-        };
+impl<'m> Projection<'m> {
+    fn new(linear: &LinearView<'m>) -> Option<Self> {
         let bias = match linear.bias {
             Some(bias) => Some(floats(bias)?),
             None => None,
         };
-        Some(Self::from_parts(
-            &floats(linear.weight)?,
-            bias,
-            inputs as usize,
-        ))
-    }
-
-    /// `weight` [outputs, inputs] as `nn::Linear` holds it.
-    fn from_parts(weight: &[f32], bias: Option<Vec<f32>>, inputs: usize) -> Self {
-        let weight = PackedWeights::pack(weight, inputs);
-        assert!(bias.as_ref().is_none_or(|b| b.len() == weight.outputs));
-        Self { weight, bias }
+        let weight = matrix(linear.weight)?;
+        if bias.as_ref().is_some_and(|b| b.len() != weight.outputs) {
+            return None;
+        }
+        Some(Self { weight, bias })
     }
 
     /// `out` [rows, outputs] = `x` [rows, inputs] · weightᵀ + bias.
-    fn apply(&self, kernels: KernelSet, x: &[f32], out: &mut Vec<f32>) {
+    fn apply(&self, kernels: Kernels, x: &[f32], out: &mut Vec<f32>) {
         let (inputs, outputs) = (self.weight.inputs, self.weight.outputs);
         out.clear();
         out.resize(x.len() / inputs * outputs, 0.0);
-        kernels.matmul(x, &self.weight, out);
+        kernels.set.matmul(x, self.weight, out, kernels.parallel);
         if let Some(bias) = &self.bias {
             for row in out.chunks_exact_mut(outputs) {
                 row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
             }
         }
     }
+}
+
+/// The kernel set, and whether matrix products split their outputs over threads.
+#[derive(Clone, Copy)]
+struct Kernels {
+    set: KernelSet,
+    parallel: bool,
 }
 
 struct Norm {
@@ -111,22 +135,22 @@ fn optional_norm(norm: &Option<NormView>) -> Option<Option<Norm>> {
     }
 }
 
-struct Layer {
+struct Layer<'m> {
     input_norm: Norm,
-    q: Projection,
-    k: Projection,
-    v: Projection,
-    o: Projection,
+    q: Projection<'m>,
+    k: Projection<'m>,
+    v: Projection<'m>,
+    o: Projection<'m>,
     q_norm: Option<Norm>,
     k_norm: Option<Norm>,
     post_norm: Norm,
-    gate: Projection,
-    up: Projection,
-    down: Projection,
+    gate: Projection<'m>,
+    up: Projection<'m>,
+    down: Projection<'m>,
 }
 
-impl Layer {
-    fn new(layer: &LayerView) -> Option<Self> {
+impl<'m> Layer<'m> {
+    fn new(layer: &LayerView<'m>) -> Option<Self> {
         Some(Self {
             input_norm: Norm::new(&layer.input_norm)?,
             q: Projection::new(&layer.q)?,
@@ -169,13 +193,13 @@ struct Work {
     scores: Vec<f32>,
 }
 
-pub(crate) struct CpuDecoder {
-    /// The kernels every pass runs; the picks of its logits use the same.
-    kernels: KernelSet,
-    embed: Vec<f32>,
-    layers: Vec<Layer>,
+pub(crate) struct CpuDecoder<'m> {
+    /// The kernels every pass runs (the picks of its logits use the same set).
+    kernels: Kernels,
+    embed: Matrix<'m>,
+    layers: Vec<Layer<'m>>,
     norm: Norm,
-    head: Projection,
+    head: Projection<'m>,
     hidden: usize,
     heads: usize,
     kv_heads: usize,
@@ -186,22 +210,28 @@ pub(crate) struct CpuDecoder {
     sin: Vec<f32>,
 }
 
-impl CpuDecoder {
+impl<'m> CpuDecoder<'m> {
     /// A decoder for positions below `max_positions` that runs `kernels`, or `None` when
-    /// the model is not an f32 model on the CPU. The weights are copied (and the
-    /// matrices repacked) here, once.
+    /// the model is not an f32 or bf16 model on the CPU. It reads the weights where the
+    /// model keeps them. With `parallel`, each matrix product splits its outputs over
+    /// rayon's threads (one decoder for the whole batch); without, a decoder runs on
+    /// one thread (one per shard of rows).
     pub(crate) fn new(
-        model: &Transformer,
+        model: &'m Transformer,
         max_positions: usize,
         kernels: KernelSet,
+        parallel: bool,
     ) -> Option<Self> {
         let config = &model.config;
         let (hidden, vocab) = (config.hidden_size, config.vocab_size);
         let weights = model.weights();
-        let embed = floats(weights.embed)?;
+        let embed = matrix(weights.embed)?;
         let head = match &weights.lm_head {
             Some(head) => Projection::new(head)?,
-            None => Projection::from_parts(&embed, None, hidden),
+            None => Projection {
+                weight: embed,
+                bias: None,
+            },
         };
         let layers = weights
             .layers
@@ -211,7 +241,10 @@ impl CpuDecoder {
         let positions = Tensor::arange(max_positions as i64, (Kind::Int64, Device::Cpu));
         let (cos, sin) = model.rotary_tables(&positions.unsqueeze(0), Kind::Float);
         Some(Self {
-            kernels,
+            kernels: Kernels {
+                set: kernels,
+                parallel,
+            },
             embed,
             layers,
             norm: Norm::new(&weights.norm)?,
@@ -228,7 +261,7 @@ impl CpuDecoder {
 
     /// The kernels this decoder runs.
     pub(crate) fn kernels(&self) -> KernelSet {
-        self.kernels
+        self.kernels.set
     }
 
     /// An empty cache for `rows` rows of up to `capacity` positions each.
@@ -257,6 +290,7 @@ impl CpuDecoder {
         // One entry per token: its row and position.
         let mut entries = Vec::new();
         let mut x = Vec::new();
+        let mut embedding = Vec::with_capacity(self.hidden);
         for (&row, row_tokens) in rows.iter().zip(tokens) {
             let start = cache.lens[row];
             if row_tokens.is_empty() || start + row_tokens.len() > cache.capacity {
@@ -271,7 +305,8 @@ impl CpuDecoder {
                     .ok()
                     .filter(|&t| t < self.vocab)
                     .with_context(|| format!("token id {token} is outside the vocabulary"))?;
-                x.extend_from_slice(&self.embed[token * self.hidden..][..self.hidden]);
+                self.embed.row_into(token, &mut embedding);
+                x.extend_from_slice(&embedding);
                 entries.push(Entry {
                     row,
                     position: start + offset,
@@ -279,16 +314,16 @@ impl CpuDecoder {
             }
         }
         let mut work = std::mem::take(&mut cache.work);
-        let kernels = self.kernels;
+        let (kernels, set) = (self.kernels, self.kernels.set);
         for (index, layer) in self.layers.iter().enumerate() {
-            layer.input_norm.apply(kernels, &x, &mut work.normed);
+            layer.input_norm.apply(set, &x, &mut work.normed);
             layer.q.apply(kernels, &work.normed, &mut work.q);
             layer.k.apply(kernels, &work.normed, &mut work.k);
             layer.v.apply(kernels, &work.normed, &mut work.v);
             // Qwen3: every head of q and k normalised over head_dim, before rotary.
             for (norm, x) in [(&layer.q_norm, &mut work.q), (&layer.k_norm, &mut work.k)] {
                 if let Some(norm) = norm {
-                    norm.apply(kernels, x, &mut work.head_normed);
+                    norm.apply(set, x, &mut work.head_normed);
                     std::mem::swap(x, &mut work.head_normed);
                 }
             }
@@ -298,10 +333,10 @@ impl CpuDecoder {
             self.attend(cache, index, &entries, &mut work);
             layer.o.apply(kernels, &work.attended, &mut work.projected);
             add(&mut x, &work.projected);
-            layer.post_norm.apply(kernels, &x, &mut work.normed);
+            layer.post_norm.apply(set, &x, &mut work.normed);
             layer.gate.apply(kernels, &work.normed, &mut work.gate);
             layer.up.apply(kernels, &work.normed, &mut work.up);
-            kernels.silu_times(&mut work.gate, &work.up);
+            set.silu_times(&mut work.gate, &work.up);
             layer.down.apply(kernels, &work.gate, &mut work.projected);
             add(&mut x, &work.projected);
         }
@@ -313,7 +348,7 @@ impl CpuDecoder {
             last.extend_from_slice(&x[(end - 1) * self.hidden..][..self.hidden]);
             cache.lens[row] += row_tokens.len();
         }
-        self.norm.apply(kernels, &last, &mut work.normed);
+        self.norm.apply(set, &last, &mut work.normed);
         let mut logits = Vec::new();
         self.head.apply(kernels, &work.normed, &mut logits);
         cache.work = work;
@@ -381,10 +416,10 @@ impl CpuDecoder {
                 let values = &cache.values[layer][base..base + len * dim];
                 let query = &q[(i * self.heads + head) * dim..][..dim];
                 scores.resize(len, 0.0);
-                self.kernels.dots(query, keys, scores);
-                self.kernels.softmax(scores, scale);
+                self.kernels.set.dots(query, keys, scores);
+                self.kernels.set.softmax(scores, scale);
                 let output = &mut out[(i * self.heads + head) * dim..][..dim];
-                self.kernels.weighted_sum(scores, values, output);
+                self.kernels.set.weighted_sum(scores, values, output);
             }
         }
     }

@@ -112,7 +112,7 @@ impl DecodeSteps for LibtorchSteps<'_> {
 }
 
 pub(super) struct CpuSteps<'d> {
-    pub(super) decoder: &'d CpuDecoder,
+    pub(super) decoder: &'d CpuDecoder<'d>,
     pub(super) cache: CpuCache,
 }
 

@@ -3,19 +3,49 @@
 //! at run time through [`KernelSet`]: AVX2/FMA (`avx2.rs`), and plain Rust for any CPU
 //! (`portable.rs`).
 //!
-//! The weights are repacked once per decoder ([`PackedWeights`]) into panels of 16
-//! outputs, each stored input by input, which both sets read. A general GEMM would pack
-//! the weights on every call, as long as the multiplication takes at the few dozen rows
-//! of a decode step.
+//! Both sets read the weights where the model keeps them ([`Matrix`]: row-major, f32
+//! or bf16), so a decoder costs no copy of the model. A matrix product can split its
+//! outputs over rayon's threads: for a large model every weight is then read from
+//! memory once per step, whatever the number of threads.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
-mod packed;
+mod matrix;
 mod portable;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use packed::PackedWeights;
+pub(crate) use matrix::{Elements, Matrix};
+use rayon::prelude::*;
+use std::ops::Range;
+
+/// Where a matrix product writes: `rows` rows of `stride` floats. Several threads may
+/// write through it at once, each to its own columns.
+#[derive(Clone, Copy)]
+pub(crate) struct Columns {
+    start: *mut f32,
+    rows: usize,
+    stride: usize,
+}
+
+// SAFETY: a `Columns` is only written through `write`, whose callers keep to columns
+// no other thread writes (see `KernelSet::matmul`).
+unsafe impl Send for Columns {}
+unsafe impl Sync for Columns {}
+
+impl Columns {
+    /// # Safety
+    /// No other thread may write column `column` at the same time.
+    unsafe fn write(self, row: usize, column: usize, value: f32) {
+        assert!(row < self.rows && column < self.stride);
+        // SAFETY: inside the slice `Columns` was made from (checked above).
+        unsafe { *self.start.add(row * self.stride + column) = value };
+    }
+}
+
+/// Outputs per parallel task: small enough to balance, big enough that a task's
+/// weight rows (64 × inputs) stream through the cache in one go.
+const OUTPUTS_PER_TASK: usize = 64;
 
 /// Which kernels run: a small `Copy` value that the decoder holds and passes to each
 /// kernel call, so that one decoder, and the picks of its logits, use one set.
@@ -48,21 +78,51 @@ impl KernelSet {
         }
     }
 
+    /// `out` [rows, outputs] = `x` [rows, inputs] · weightᵀ; with `parallel`, the
+    /// outputs are split over rayon's threads.
+    pub(crate) fn matmul(self, x: &[f32], weight: Matrix, out: &mut [f32], parallel: bool) {
+        let rows = x.len() / weight.inputs;
+        assert_eq!(x.len(), rows * weight.inputs);
+        assert_eq!(out.len(), rows * weight.outputs);
+        let columns = Columns {
+            start: out.as_mut_ptr(),
+            rows,
+            stride: weight.outputs,
+        };
+        let outputs = weight.outputs;
+        if !parallel || outputs <= OUTPUTS_PER_TASK {
+            // SAFETY: one call writes every column.
+            unsafe { self.matmul_range(x, weight, columns, 0..outputs) };
+            return;
+        }
+        let tasks = outputs.div_ceil(OUTPUTS_PER_TASK);
+        (0..tasks).into_par_iter().for_each(|task| {
+            let first = task * OUTPUTS_PER_TASK;
+            let range = first..outputs.min(first + OUTPUTS_PER_TASK);
+            // SAFETY: each task writes its own columns; `out` outlives the loop.
+            unsafe { self.matmul_range(x, weight, columns, range) };
+        });
+    }
+
+    /// # Safety
+    /// `out` holds `x`'s rows of `weight.outputs` floats; `range` is this call's alone.
+    unsafe fn matmul_range(self, x: &[f32], weight: Matrix, out: Columns, range: Range<usize>) {
+        // SAFETY: the caller's promise.
+        unsafe {
+            match self.0 {
+                Isa::Portable => portable::matmul(x, weight, out, range),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2(avx2) => avx2.matmul(x, weight, out, range),
+            }
+        }
+    }
+
     /// The set's name, for messages.
     pub(crate) fn name(self) -> &'static str {
         match self.0 {
             Isa::Portable => "portable",
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2(_) => "AVX2/FMA",
-        }
-    }
-
-    /// `out` [rows, outputs] = `x` [rows, inputs] · weightᵀ.
-    pub(crate) fn matmul(self, x: &[f32], weight: &PackedWeights, out: &mut [f32]) {
-        match self.0 {
-            Isa::Portable => portable::matmul(x, weight, out),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2(avx2) => avx2.matmul(x, weight, out),
         }
     }
 

@@ -1,40 +1,36 @@
 //! The portable kernel set: the same kernels as `avx2.rs` in plain Rust, for any CPU.
 //!
-//! The loops keep the AVX2 set's shapes (16 outputs of a panel at a time, eight partial
-//! sums per dot product) so that the compiler can vectorize them for whatever the
-//! target offers, and they use separate multiplies and adds: `mul_add` without FMA
-//! hardware is a slow library call.
+//! The loops keep the AVX2 set's shapes (eight partial sums per dot product) so that
+//! the compiler can vectorize them for whatever the target offers, and they use
+//! separate multiplies and adds: `mul_add` without FMA hardware is a slow library call.
 
-use super::packed::{PANEL, PackedWeights};
+use super::Columns;
+use super::matrix::{Elements, Matrix};
+use std::ops::Range;
 
 /// Partial sums per dot product: as many as the AVX2 set's lanes.
 const LANES: usize = 8;
 
-/// `out` [rows, outputs] = `x` [rows, inputs] · weightᵀ.
-pub(super) fn matmul(x: &[f32], weight: &PackedWeights, out: &mut [f32]) {
-    let (inputs, outputs) = (weight.inputs, weight.outputs);
-    let rows = x.len() / inputs;
-    assert_eq!(x.len(), rows * inputs);
-    assert_eq!(out.len(), rows * outputs);
-    let panels = weight.panels().chunks_exact(PANEL * inputs);
-    for (first, panel) in (0..outputs).step_by(PANEL).zip(panels) {
-        let columns = PANEL.min(outputs - first);
-        for (row, out_row) in x.chunks_exact(inputs).zip(out.chunks_exact_mut(outputs)) {
-            let sums = panel_times(row, panel);
-            out_row[first..first + columns].copy_from_slice(&sums[..columns]);
+/// Outputs `range` of `out` [rows, outputs] = `x` [rows, inputs] · weightᵀ.
+///
+/// # Safety
+/// As [`super::KernelSet::matmul`]: `out` holds the rows, and `range` is this call's alone.
+pub(super) unsafe fn matmul(x: &[f32], weight: Matrix, out: Columns, range: Range<usize>) {
+    let inputs = weight.inputs;
+    let mut widened = Vec::new();
+    for output in range {
+        let row: &[f32] = match weight.elements {
+            Elements::F32(w) => &w[output * inputs..(output + 1) * inputs],
+            Elements::Bf16(_) => {
+                weight.row_into(output, &mut widened);
+                &widened
+            }
+        };
+        for (r, x_row) in x.chunks_exact(inputs).enumerate() {
+            // SAFETY: the caller's promise.
+            unsafe { out.write(r, output, dot(x_row, row)) };
         }
     }
-}
-
-/// The 16 outputs of one panel [inputs, 16] for one row of inputs.
-fn panel_times(row: &[f32], panel: &[f32]) -> [f32; PANEL] {
-    let mut sums = [0.0f32; PANEL];
-    for (&input, weights) in row.iter().zip(panel.chunks_exact(PANEL)) {
-        for (sum, &w) in sums.iter_mut().zip(weights) {
-            *sum += input * w;
-        }
-    }
-    sums
 }
 
 /// Dot product of two equally long slices.

@@ -1,7 +1,8 @@
 //! Each kernel set against naive loops: the portable set on every machine, the AVX2 set
 //! where the CPU has it (see [`avx2_under_test`] for where it does not).
 
-use super::{KernelSet, PackedWeights, avx2_under_test};
+use super::matrix::{bf16_to_f32, f32_to_bf16};
+use super::{Elements, KernelSet, Matrix, avx2_under_test};
 
 fn values(len: usize, seed: u32) -> Vec<f32> {
     (0..len)
@@ -47,6 +48,8 @@ fn avx2_dots_and_weighted_sums_match_naive_loops() {
     }
 }
 
+/// f32 and bf16 weights, on one thread and split over rayon's, against a naive
+/// product of the same (widened) weights.
 fn matmul_matches_the_naive_product(kernels: KernelSet) {
     let name = kernels.name();
     for (rows, inputs, outputs) in [
@@ -56,23 +59,44 @@ fn matmul_matches_the_naive_product(kernels: KernelSet) {
         (4, 128, 2),
         (17, 24, 35),
         (13, 16, 48),
+        (3, 40, 203),
     ] {
         let (x, w) = (values(rows * inputs, 1), values(outputs * inputs, 2));
-        let mut out = vec![0.0; rows * outputs];
-        kernels.matmul(&x, &PackedWeights::pack(&w, inputs), &mut out);
-        for r in 0..rows {
-            for o in 0..outputs {
-                let expected: f32 = (0..inputs)
-                    .map(|i| x[r * inputs + i] * w[o * inputs + i])
-                    .sum();
-                let got = out[r * outputs + o];
-                assert!(
-                    (got - expected).abs() < 1e-4,
-                    "{name} {rows}x{inputs}x{outputs} [{r},{o}]: {got} vs {expected}"
-                );
+        let bits: Vec<u16> = w.iter().map(|&v| f32_to_bf16(v)).collect();
+        let rounded: Vec<f32> = bits.iter().map(|&b| bf16_to_f32(b)).collect();
+        let cases = [
+            (Elements::F32(&w), &w, "f32"),
+            (Elements::Bf16(&bits), &rounded, "bf16"),
+        ];
+        for (elements, weights, kind) in cases {
+            for parallel in [false, true] {
+                let mut out = vec![f32::NAN; rows * outputs];
+                kernels.matmul(&x, Matrix::new(elements, inputs), &mut out, parallel);
+                for r in 0..rows {
+                    for o in 0..outputs {
+                        let expected: f32 = (0..inputs)
+                            .map(|i| x[r * inputs + i] * weights[o * inputs + i])
+                            .sum();
+                        let got = out[r * outputs + o];
+                        assert!(
+                            (got - expected).abs() < 1e-4,
+                            "{name} {kind} parallel={parallel} {rows}x{inputs}x{outputs} [{r},{o}]: {got} vs {expected}"
+                        );
+                    }
+                }
             }
         }
     }
+}
+
+#[test]
+fn bf16_rounds_to_nearest_even_and_widens_exactly() {
+    assert_eq!(f32_to_bf16(1.0), 0x3f80);
+    assert_eq!(bf16_to_f32(0x3f80), 1.0);
+    // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even mantissa.
+    assert_eq!(f32_to_bf16(1.0 + 1.0 / 256.0), 0x3f80);
+    assert_eq!(f32_to_bf16(1.0 + 3.0 / 256.0), 0x3f82);
+    assert_eq!(bf16_to_f32(f32_to_bf16(-2.5)), -2.5);
 }
 
 fn silu_and_softmax_match_libm(kernels: KernelSet) {

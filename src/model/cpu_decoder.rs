@@ -13,7 +13,7 @@
 //! The arithmetic is the transformer's (`transformer.rs`), in f32; `tests/sample.rs`
 //! checks that both paths give the same tokens and log-probs.
 
-use super::cpu_kernels::{Elements, KernelSet, Matrix};
+use super::cpu_kernels::{Elements, KernelSet, Matrix, PackedWeights};
 use super::transformer::{LayerView, LinearView, NormView, Transformer};
 use anyhow::{Context, Result, bail};
 use tch::{Device, Kind, Tensor};
@@ -57,37 +57,88 @@ fn matrix(tensor: &Tensor) -> Option<Matrix<'_>> {
     Some(Matrix::new(elements, inputs as usize))
 }
 
-/// A weight matrix and its bias.
+/// A weight matrix, read in place (large models) or packed once (small ones), and
+/// its bias.
 struct Projection<'m> {
-    weight: Matrix<'m>,
+    weight: Stored<'m>,
     bias: Option<Vec<f32>>,
+    inputs: usize,
+    outputs: usize,
+}
+
+enum Stored<'m> {
+    InPlace(Matrix<'m>),
+    Packed(PackedWeights),
 }
 
 impl<'m> Projection<'m> {
-    fn new(linear: &LinearView<'m>) -> Option<Self> {
+    fn new(linear: &LinearView<'m>, pack: bool) -> Option<Self> {
         let bias = match linear.bias {
             Some(bias) => Some(floats(bias)?),
             None => None,
         };
-        let weight = matrix(linear.weight)?;
-        if bias.as_ref().is_some_and(|b| b.len() != weight.outputs) {
-            return None;
-        }
-        Some(Self { weight, bias })
+        let projection = Self::of(linear.weight, bias, pack)?;
+        projection
+            .bias
+            .as_ref()
+            .is_none_or(|b| b.len() == projection.outputs)
+            .then_some(projection)
+    }
+
+    fn of(weight: &'m Tensor, bias: Option<Vec<f32>>, pack: bool) -> Option<Self> {
+        let matrix = matrix(weight)?;
+        let (inputs, outputs) = (matrix.inputs, matrix.outputs);
+        let weight = if pack {
+            Stored::Packed(PackedWeights::pack(&floats(weight)?, inputs))
+        } else {
+            Stored::InPlace(matrix)
+        };
+        Some(Self {
+            weight,
+            bias,
+            inputs,
+            outputs,
+        })
     }
 
     /// `out` [rows, outputs] = `x` [rows, inputs] · weightᵀ + bias.
     fn apply(&self, kernels: Kernels, x: &[f32], out: &mut Vec<f32>) {
-        let (inputs, outputs) = (self.weight.inputs, self.weight.outputs);
+        let (inputs, outputs) = (self.inputs, self.outputs);
         out.clear();
         out.resize(x.len() / inputs * outputs, 0.0);
-        kernels.set.matmul(x, self.weight, out, kernels.parallel);
+        match &self.weight {
+            Stored::InPlace(matrix) => kernels.set.matmul(x, *matrix, out, kernels.parallel),
+            Stored::Packed(packed) => kernels.set.matmul_packed(x, packed, out),
+        }
         if let Some(bias) = &self.bias {
             for row in out.chunks_exact_mut(outputs) {
                 row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
             }
         }
     }
+}
+
+/// Weights up to this many bytes are packed into panels for each decoder (see
+/// `cpu_kernels`): cheap at this size, and faster than reading them in place.
+pub(crate) const PACK_UP_TO_BYTES: usize = 32 << 20;
+
+/// Bytes of the matrices a decode step reads (every projection and the head).
+pub(crate) fn weight_bytes(weights: &super::transformer::WeightsView) -> usize {
+    let mut tensors = vec![weights.embed];
+    for layer in &weights.layers {
+        tensors.extend([
+            layer.q.weight,
+            layer.k.weight,
+            layer.v.weight,
+            layer.o.weight,
+        ]);
+        tensors.extend([layer.gate.weight, layer.up.weight, layer.down.weight]);
+    }
+    tensors.extend(weights.lm_head.as_ref().map(|head| head.weight));
+    tensors
+        .iter()
+        .map(|t| t.numel() * t.kind().elt_size_in_bytes())
+        .sum()
 }
 
 /// The kernel set, and whether matrix products split their outputs over threads.
@@ -150,19 +201,19 @@ struct Layer<'m> {
 }
 
 impl<'m> Layer<'m> {
-    fn new(layer: &LayerView<'m>) -> Option<Self> {
+    fn new(layer: &LayerView<'m>, pack: bool) -> Option<Self> {
         Some(Self {
             input_norm: Norm::new(&layer.input_norm)?,
-            q: Projection::new(&layer.q)?,
-            k: Projection::new(&layer.k)?,
-            v: Projection::new(&layer.v)?,
-            o: Projection::new(&layer.o)?,
+            q: Projection::new(&layer.q, pack)?,
+            k: Projection::new(&layer.k, pack)?,
+            v: Projection::new(&layer.v, pack)?,
+            o: Projection::new(&layer.o, pack)?,
             q_norm: optional_norm(&layer.q_norm)?,
             k_norm: optional_norm(&layer.k_norm)?,
             post_norm: Norm::new(&layer.post_norm)?,
-            gate: Projection::new(&layer.gate)?,
-            up: Projection::new(&layer.up)?,
-            down: Projection::new(&layer.down)?,
+            gate: Projection::new(&layer.gate, pack)?,
+            up: Projection::new(&layer.up, pack)?,
+            down: Projection::new(&layer.down, pack)?,
         })
     }
 }
@@ -212,10 +263,11 @@ pub(crate) struct CpuDecoder<'m> {
 
 impl<'m> CpuDecoder<'m> {
     /// A decoder for positions below `max_positions` that runs `kernels`, or `None` when
-    /// the model is not an f32 or bf16 model on the CPU. It reads the weights where the
-    /// model keeps them. With `parallel`, each matrix product splits its outputs over
-    /// rayon's threads (one decoder for the whole batch); without, a decoder runs on
-    /// one thread (one per shard of rows).
+    /// the model is not an f32 or bf16 model on the CPU. Past [`PACK_UP_TO_BYTES`] it
+    /// reads the weights where the model keeps them; below, it packs a copy. With
+    /// `parallel`, each matrix product splits its outputs over rayon's threads (one
+    /// decoder for the whole batch); without, a decoder runs on one thread (one per
+    /// shard of rows).
     pub(crate) fn new(
         model: &'m Transformer,
         max_positions: usize,
@@ -226,17 +278,16 @@ impl<'m> CpuDecoder<'m> {
         let (hidden, vocab) = (config.hidden_size, config.vocab_size);
         let weights = model.weights();
         let embed = matrix(weights.embed)?;
+        // Small models go faster packed, and their copy is small.
+        let pack = !parallel && weight_bytes(&weights) <= PACK_UP_TO_BYTES;
         let head = match &weights.lm_head {
-            Some(head) => Projection::new(head)?,
-            None => Projection {
-                weight: embed,
-                bias: None,
-            },
+            Some(head) => Projection::new(head, pack)?,
+            None => Projection::of(weights.embed, None, pack)?,
         };
         let layers = weights
             .layers
             .iter()
-            .map(Layer::new)
+            .map(|layer| Layer::new(layer, pack))
             .collect::<Option<Vec<_>>>()?;
         let positions = Tensor::arange(max_positions as i64, (Kind::Int64, Device::Cpu));
         let (cos, sin) = model.rotary_tables(&positions.unsqueeze(0), Kind::Float);

@@ -9,7 +9,7 @@
 mod pick;
 mod steps;
 
-use crate::model::cpu_decoder::CpuDecoder;
+use crate::model::cpu_decoder::{CpuDecoder, PACK_UP_TO_BYTES, weight_bytes};
 use crate::model::cpu_kernels::KernelSet;
 use crate::model::{ModelConfig, Transformer};
 use crate::tokenizer::Tokenizer;
@@ -107,29 +107,6 @@ pub type Decoder<'a> = &'a (dyn Fn(&[i64]) -> String + Sync);
 /// Rows each CPU thread gets at least before the batch is split across threads.
 const MIN_ROWS_PER_THREAD: usize = 8;
 
-/// Past this many bytes of weights a step reads, a model counts as large (see
-/// [`generate`]): about what the caches of a few cores hold.
-const LARGE_MODEL_BYTES: usize = 32 << 20;
-
-fn weight_bytes(model: &Transformer) -> usize {
-    let weights = model.weights();
-    let mut tensors = vec![weights.embed];
-    for layer in &weights.layers {
-        tensors.extend([
-            layer.q.weight,
-            layer.k.weight,
-            layer.v.weight,
-            layer.o.weight,
-        ]);
-        tensors.extend([layer.gate.weight, layer.up.weight, layer.down.weight]);
-    }
-    tensors.extend(weights.lm_head.as_ref().map(|head| head.weight));
-    tensors
-        .iter()
-        .map(|t| t.numel() * t.kind().elt_size_in_bytes())
-        .sum()
-}
-
 /// Generates one completion per prompt.
 ///
 /// For an f32 model on a CPU, prompts and decode steps run in plain Rust
@@ -154,7 +131,7 @@ pub fn generate(
         let threads = tch::get_num_threads().max(1) as usize;
         // A large model's weights do not stay in cache between steps: one decoder for
         // all rows, its products split over the threads, reads each weight once a step.
-        let large = weight_bytes(model) > LARGE_MODEL_BYTES;
+        let large = weight_bytes(&model.weights()) > PACK_UP_TO_BYTES;
         let parallel = large && threads > 1 && rayon::current_num_threads() > 1;
         let positions = longest + params.max_new_tokens;
         let Some(cpu) = cpu_decoder(model, positions, params.kernels, parallel)? else {

@@ -1,9 +1,12 @@
 //! The AVX2/FMA kernel set: the matrix product against packed weights, the dot products
 //! and weighted sums of attention, SiLU and the exponentials of softmax.
 //!
-//! The product reads the weights in the model's own row-major layout (f32, or bf16
-//! widened in registers): each step loads 8 inputs of 4 weight rows and of 2 input
-//! rows and does 8 FMAs; the lanes of each sum are added once at the end.
+//! Two matrix products. Against weights in the model's own row-major layout (f32, or
+//! bf16 widened in registers), each step loads 8 inputs of 4 weight rows and of 2 input
+//! rows and does 8 FMAs; the lanes of each sum are added once at the end. Against
+//! packed panels (small models), two aligned loads of a panel and one broadcast of an
+//! input per row: a 6-row × 16-output tile keeps 12 accumulators and needs no
+//! horizontal sums.
 //!
 //! Every entry point is a method of [`Avx2`], a token only [`Avx2::detect`] makes, so
 //! the `unsafe` calls of functions compiled for AVX2 and FMA cannot run on a CPU that
@@ -11,12 +14,17 @@
 
 use super::Columns;
 use super::matrix::{Elements, Matrix, bf16_to_f32};
+use super::packed::{PANEL, PackedWeights};
 use std::arch::x86_64::*;
 use std::ops::Range;
 
 /// A tile: 2 rows × 4 outputs (see [`tile_2x4`]); each weight vector loaded serves
 /// both rows.
 const TILE_ROWS: usize = 2;
+
+/// Rows per tile against packed panels: 6 × 2 accumulators, 2 weight vectors and a
+/// broadcast fill 15 of the 16 vector registers.
+const PANEL_TILE_ROWS: usize = 6;
 const TILE_OUTPUTS: usize = 4;
 
 /// Proof that this CPU has AVX2 and FMA: the private field keeps any other code from
@@ -54,6 +62,42 @@ impl Avx2 {
             match weight.elements {
                 Elements::F32(w) => tiles(x, rows, inputs, w.as_ptr(), out, range),
                 Elements::Bf16(w) => tiles(x, rows, inputs, w.as_ptr(), out, range),
+            }
+        }
+    }
+
+    /// `out` [rows, outputs] = `x` [rows, inputs] · weightᵀ, against packed panels.
+    pub(super) fn matmul_packed(self, x: &[f32], weight: &PackedWeights, out: &mut [f32]) {
+        let (inputs, outputs) = (weight.inputs, weight.outputs);
+        let rows = x.len() / inputs;
+        assert_eq!(x.len(), rows * inputs);
+        assert_eq!(out.len(), rows * outputs);
+        let panels = weight.panels();
+        assert!(panels.len() >= outputs.div_ceil(PANEL) * PANEL * inputs);
+        assert!(panels.as_ptr().align_offset(32) == 0, "unaligned panels");
+        // SAFETY: `self` proves AVX2 and FMA. A tile reads rows `row..row + R` of `x`
+        // and one whole panel, all inside the slices, and writes `columns` outputs of
+        // those rows, inside `out`; the panels are 32-byte aligned.
+        unsafe {
+            // One panel (at most 16 × inputs floats, in L1) against every row of `x`.
+            for first in (0..outputs).step_by(PANEL) {
+                let columns = PANEL.min(outputs - first);
+                let panel = panels.as_ptr().wrapping_add(first * inputs);
+                let mut row = 0;
+                while row < rows {
+                    let x = x.as_ptr().wrapping_add(row * inputs);
+                    let out = out.as_mut_ptr().wrapping_add(row * outputs + first);
+                    let tile = (outputs, columns);
+                    match rows - row {
+                        1 => tile_of::<1>(x, inputs, panel, out, tile),
+                        2 => tile_of::<2>(x, inputs, panel, out, tile),
+                        3 => tile_of::<3>(x, inputs, panel, out, tile),
+                        4 => tile_of::<4>(x, inputs, panel, out, tile),
+                        5 => tile_of::<5>(x, inputs, panel, out, tile),
+                        _ => tile_of::<PANEL_TILE_ROWS>(x, inputs, panel, out, tile),
+                    }
+                    row += PANEL_TILE_ROWS;
+                }
             }
         }
     }
@@ -557,6 +601,47 @@ unsafe fn tile<const R: usize, const O: usize, E: Element>(
                     total += *x.add(r * inputs + i) * (*w.add(o * inputs + i)).widen();
                 }
                 out.write(first_row + r, first_output + o, total);
+            }
+        }
+    }
+}
+
+/// `R` rows of the product from `x` on, against one panel, into `out`:
+/// `tile = (row stride of out, outputs of the panel to write)`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_of<const R: usize>(
+    x: *const f32,
+    inputs: usize,
+    panel: *const f32,
+    out: *mut f32,
+    (stride, columns): (usize, usize),
+) {
+    unsafe {
+        let mut low = [_mm256_setzero_ps(); R];
+        let mut high = [_mm256_setzero_ps(); R];
+        // Pointers advanced step by step: the loop does no index arithmetic.
+        let mut rows: [*const f32; R] = std::array::from_fn(|r| x.wrapping_add(r * inputs));
+        let mut w = panel;
+        for _ in 0..inputs {
+            let (w_low, w_high) = (_mm256_load_ps(w), _mm256_load_ps(w.wrapping_add(8)));
+            for r in 0..R {
+                let xi = _mm256_broadcast_ss(&*rows[r]);
+                low[r] = _mm256_fmadd_ps(xi, w_low, low[r]);
+                high[r] = _mm256_fmadd_ps(xi, w_high, high[r]);
+                rows[r] = rows[r].wrapping_add(1);
+            }
+            w = w.wrapping_add(PANEL);
+        }
+        for r in 0..R {
+            let row = out.wrapping_add(r * stride);
+            if columns == PANEL {
+                _mm256_storeu_ps(row, low[r]);
+                _mm256_storeu_ps(row.wrapping_add(8), high[r]);
+            } else {
+                let mut sums = [0.0f32; PANEL];
+                _mm256_storeu_ps(sums.as_mut_ptr(), low[r]);
+                _mm256_storeu_ps(sums.as_mut_ptr().wrapping_add(8), high[r]);
+                std::ptr::copy_nonoverlapping(sums.as_ptr(), row, columns);
             }
         }
     }

@@ -3,19 +3,24 @@
 //! at run time through [`KernelSet`]: AVX2/FMA (`avx2.rs`), and plain Rust for any CPU
 //! (`portable.rs`).
 //!
-//! Both sets read the weights where the model keeps them ([`Matrix`]: row-major, f32
-//! or bf16), so a decoder costs no copy of the model. A matrix product can split its
-//! outputs over rayon's threads: for a large model every weight is then read from
-//! memory once per step, whatever the number of threads.
+//! Large models' weights are read where the model keeps them ([`Matrix`]: row-major,
+//! f32 or bf16), so a decoder costs no copy of the model, and a product can split its
+//! outputs over rayon's threads: every weight is then read from memory once per step,
+//! whatever the number of threads. Small models' weights are repacked once per decoder
+//! ([`PackedWeights`]: panels of 16 outputs stored input by input), for a kernel that
+//! needs no horizontal sums: faster at the few dozen rows of a decode step, and the
+//! copy is a few MB.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 mod matrix;
+mod packed;
 mod portable;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use matrix::{Elements, Matrix};
+pub(crate) use packed::PackedWeights;
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -102,6 +107,15 @@ impl KernelSet {
             // SAFETY: each task writes its own columns; `out` outlives the loop.
             unsafe { self.matmul_range(x, weight, columns, range) };
         });
+    }
+
+    /// `out` [rows, outputs] = `x` [rows, inputs] · weightᵀ, the weights packed.
+    pub(crate) fn matmul_packed(self, x: &[f32], weight: &PackedWeights, out: &mut [f32]) {
+        match self.0 {
+            Isa::Portable => portable::matmul_packed(x, weight, out),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(avx2) => avx2.matmul_packed(x, weight, out),
+        }
     }
 
     /// # Safety

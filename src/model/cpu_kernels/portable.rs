@@ -6,6 +6,7 @@
 
 use super::Columns;
 use super::matrix::{Elements, Matrix};
+use super::packed::{PANEL, PackedWeights};
 use std::ops::Range;
 
 /// Partial sums per dot product: as many as the AVX2 set's lanes.
@@ -31,6 +32,33 @@ pub(super) unsafe fn matmul(x: &[f32], weight: Matrix, out: Columns, range: Rang
             unsafe { out.write(r, output, dot(x_row, row)) };
         }
     }
+}
+
+/// `out` [rows, outputs] = `x` [rows, inputs] · weightᵀ.
+pub(super) fn matmul_packed(x: &[f32], weight: &PackedWeights, out: &mut [f32]) {
+    let (inputs, outputs) = (weight.inputs, weight.outputs);
+    let rows = x.len() / inputs;
+    assert_eq!(x.len(), rows * inputs);
+    assert_eq!(out.len(), rows * outputs);
+    let panels = weight.panels().chunks_exact(PANEL * inputs);
+    for (first, panel) in (0..outputs).step_by(PANEL).zip(panels) {
+        let columns = PANEL.min(outputs - first);
+        for (row, out_row) in x.chunks_exact(inputs).zip(out.chunks_exact_mut(outputs)) {
+            let sums = panel_times(row, panel);
+            out_row[first..first + columns].copy_from_slice(&sums[..columns]);
+        }
+    }
+}
+
+/// The 16 outputs of one panel [inputs, 16] for one row of inputs.
+fn panel_times(row: &[f32], panel: &[f32]) -> [f32; PANEL] {
+    let mut sums = [0.0f32; PANEL];
+    for (&input, weights) in row.iter().zip(panel.chunks_exact(PANEL)) {
+        for (sum, &w) in sums.iter_mut().zip(weights) {
+            *sum += input * w;
+        }
+    }
+    sums
 }
 
 /// Dot product of two equally long slices.

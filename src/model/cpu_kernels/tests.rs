@@ -2,7 +2,7 @@
 //! where the CPU has it (see [`avx2_under_test`] for where it does not).
 
 use super::matrix::{bf16_to_f32, f32_to_bf16};
-use super::{Elements, KernelSet, Matrix, avx2_under_test};
+use super::{Elements, KernelSet, Matrix, PackedWeights, avx2_under_test};
 
 fn values(len: usize, seed: u32) -> Vec<f32> {
     (0..len)
@@ -48,8 +48,8 @@ fn avx2_dots_and_weighted_sums_match_naive_loops() {
     }
 }
 
-/// f32 and bf16 weights, on one thread and split over rayon's, against a naive
-/// product of the same (widened) weights.
+/// f32 and bf16 weights in place, on one thread and split over rayon's, and f32
+/// weights packed, against a naive product of the same (widened) weights.
 fn matmul_matches_the_naive_product(kernels: KernelSet) {
     let name = kernels.name();
     for (rows, inputs, outputs) in [
@@ -68,6 +68,8 @@ fn matmul_matches_the_naive_product(kernels: KernelSet) {
             (Elements::F32(&w), &w, "f32"),
             (Elements::Bf16(&bits), &rounded, "bf16"),
         ];
+        let mut packed = vec![f32::NAN; rows * outputs];
+        kernels.matmul_packed(&x, &PackedWeights::pack(&w, inputs), &mut packed);
         for (elements, weights, kind) in cases {
             for parallel in [false, true] {
                 let mut out = vec![f32::NAN; rows * outputs];
@@ -78,6 +80,10 @@ fn matmul_matches_the_naive_product(kernels: KernelSet) {
                             .map(|i| x[r * inputs + i] * weights[o * inputs + i])
                             .sum();
                         let got = out[r * outputs + o];
+                        if kind == "f32" {
+                            let from_panels = packed[r * outputs + o];
+                            assert!((from_panels - expected).abs() < 1e-4, "{name} packed");
+                        }
                         assert!(
                             (got - expected).abs() < 1e-4,
                             "{name} {kind} parallel={parallel} {rows}x{inputs}x{outputs} [{r},{o}]: {got} vs {expected}"

@@ -1,12 +1,13 @@
 """TRL's GRPOTrainer on the workload of `rlvr bench rl`, timed per step.
 
-Usage: python bench_trl_grpo.py MODEL_DIR PROMPTS_JSON STEPS WARMUP THREADS
+Usage: python bench_trl_grpo.py MODEL_DIR PROMPTS_JSON STEPS WARMUP THREADS [GENERATIONS NEW_TOKENS]
 Prints one JSON object: median seconds per step and per generate() call over the
 steps after the warm-up. Run by `rlvr bench rl` with the venv of scripts/python-env.sh
 (installed with RLVR_WITH_TRL=1).
 """
 
 import json
+import resource
 import re
 import statistics
 import sys
@@ -20,6 +21,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 model_dir, prompts_path = sys.argv[1], sys.argv[2]
 steps, warmup, threads = (int(a) for a in sys.argv[3:6])
+generations, new_tokens = (int(a) for a in (sys.argv[6:8] or [8, 32]))
 torch.set_num_threads(threads)
 
 tokenizer = PreTrainedTokenizerFast(
@@ -67,10 +69,10 @@ timer = StepTimer()
 with tempfile.TemporaryDirectory() as out:
     config = GRPOConfig(
         output_dir=out,
-        per_device_train_batch_size=len(prompts) * 8,
+        per_device_train_batch_size=len(prompts) * generations,
         gradient_accumulation_steps=1,
-        num_generations=8,
-        max_completion_length=32,
+        num_generations=generations,
+        max_completion_length=new_tokens,
         temperature=1.0,
         beta=0.04,
         loss_type="grpo",
@@ -101,6 +103,7 @@ print(
             "step_seconds": statistics.median(timer.seconds[warmup:]),
             "generate_seconds": statistics.median(generate_seconds[warmup:]),
             "steps": len(timer.seconds),
+            "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         }
     )
 )

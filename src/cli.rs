@@ -419,6 +419,16 @@ enum BenchKind {
     },
     /// Seconds per GRPO step (sample / score / update) vs TRL's GRPOTrainer.
     Rl {
+        /// The model's shape (random weights); qwen2.5-0.5b pads the benchmark's
+        /// tokenizer to its 151,936-token vocabulary.
+        #[arg(long, value_enum, default_value = "small")]
+        shape: crate::bench::Shape,
+        #[arg(long, default_value_t = 8)]
+        prompts: usize,
+        #[arg(long, default_value_t = 8)]
+        generations: usize,
+        #[arg(long, default_value_t = 32)]
+        new_tokens: usize,
         #[arg(long, default_value_t = 8)]
         steps: usize,
         #[arg(long, default_value_t = 2)]
@@ -463,11 +473,19 @@ impl BenchKind {
                 repeats,
             }),
             BenchKind::Rl {
+                shape,
+                prompts,
+                generations,
+                new_tokens,
                 steps,
                 warmup,
                 threads,
                 load,
             } => crate::bench::rl::rl(&crate::bench::rl::RlBench {
+                shape,
+                prompts,
+                generations,
+                new_tokens,
                 steps,
                 warmup,
                 threads,

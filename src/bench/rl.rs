@@ -4,7 +4,7 @@
 //! 32 new tokens, beta 0.04, loss_type grpo, one micro-batch), when the venv of
 //! `scripts/python-env.sh` has trl (RLVR_WITH_TRL=1). Both stop at `<|end|>`.
 
-use super::{bench_model_config, tail, tempfile_dir};
+use super::{tail, tempfile_dir};
 use crate::config::{RunConfig, TaskConfig};
 use crate::data::prompts::{Prompt, load_prompts};
 use crate::model::Model;
@@ -17,6 +17,10 @@ use std::path::Path;
 use tch::Device;
 
 pub struct RlBench {
+    pub shape: super::Shape,
+    pub prompts: usize,
+    pub generations: usize,
+    pub new_tokens: usize,
     pub steps: usize,
     pub warmup: usize,
     pub threads: usize,
@@ -51,8 +55,6 @@ impl Drop for BusyLoad {
     }
 }
 
-const PROMPTS: usize = 8;
-
 pub fn rl(bench: &RlBench) -> Result<()> {
     if bench.steps <= bench.warmup {
         bail!("--steps must exceed --warmup");
@@ -74,16 +76,25 @@ fn run_both(bench: &RlBench, dir: &Path) -> Result<()> {
     let corpus = items
         .iter()
         .map(|i| format!("{} {}", i.question, i.solution));
-    let tokenizer = Tokenizer::train_bpe(corpus, 512)?;
     let tokenizer_path = dir.join("tokenizer.json");
-    tokenizer.save(&tokenizer_path)?;
+    Tokenizer::train_bpe(corpus, 512)?.save(&tokenizer_path)?;
     // The vocabulary matches the tokenizer so that TRL decodes every sampled id too.
-    let mut model_config = bench_model_config();
-    model_config.vocab_size = tokenizer.vocab_size();
-    let model = Model::random(&model_config, Device::Cpu, Dtype::F32, 0)?;
-    let parameters = model.parameter_count() as f64;
+    let mut model_config = bench.shape.config();
+    if bench.shape == super::Shape::Small {
+        model_config.vocab_size = Tokenizer::load(&tokenizer_path)?.vocab_size();
+    } else {
+        pad_vocabulary(&tokenizer_path, model_config.vocab_size)?;
+    }
+    let tokenizer = Tokenizer::load(&tokenizer_path)?;
     let model_dir = dir.join("model");
-    model.save(&model_dir, Some(&tokenizer_path))?;
+    let parameters = {
+        // Dropped before the run, which loads its own copy.
+        let model = Model::random(&model_config, Device::Cpu, Dtype::F32, 0)?;
+        model.save(&model_dir, Some(&tokenizer_path))?;
+        model.parameter_count() as f64
+    };
+    let (prompts_per_step, generations, new_tokens) =
+        (bench.prompts, bench.generations, bench.new_tokens);
 
     std::fs::write(
         dir.join("task.yaml"),
@@ -97,7 +108,7 @@ fn run_both(bench: &RlBench, dir: &Path) -> Result<()> {
             "name: bench\noutput_dir: {dir}\nmodel: {{path: {model}}}\ntask: {dir}/task.yaml\n\
              optim: {{learning_rate: 1.0e-6}}\n\
              train: {{max_steps: {steps}, batch_size: 64, sample_log_steps: 0}}\n\
-             rl: {{prompts_per_step: {PROMPTS}, num_generations: 8, max_completion_length: 32, \
+             rl: {{prompts_per_step: {prompts_per_step}, num_generations: {generations}, max_completion_length: {new_tokens}, \
              beta: 0.04, loss_type: grpo}}\n",
             dir = dir.display(),
             model = model_dir.display(),
@@ -106,13 +117,14 @@ fn run_both(bench: &RlBench, dir: &Path) -> Result<()> {
     )?;
     let config = RunConfig::load(&config_path)?;
     println!(
-        "GRPO step benchmark: Qwen2 {parameters} parameters, {PROMPTS} prompts × 8 generations, \
-         32 new tokens, beta 0.04, loss_type grpo, {} libtorch thread(s); median of {} steps after {} warm-up",
+        "GRPO step benchmark: Qwen2 {parameters} parameters, {prompts_per_step} prompts × {generations} generations, \
+         {new_tokens} new tokens, beta 0.04, loss_type grpo, {} libtorch thread(s); median of {} steps after {} warm-up",
         bench.threads,
         bench.steps - bench.warmup,
         bench.warmup
     );
     train::rl(&config, StartOptions::default())?;
+    let rlvr_peak = peak_rss_gb();
     let rows = RunDir::read_metrics(&config.run_dir())?;
     let rows = &rows[bench.warmup..];
     let median = |key: &str| -> Result<f64> {
@@ -139,24 +151,34 @@ fn run_both(bench: &RlBench, dir: &Path) -> Result<()> {
         &tokenizer,
         Default::default(),
     )?;
-    let prompt_tokens = prompts.iter().map(|p| p.ids.len() as f64).sum::<f64>() / PROMPTS as f64;
+    let prompts = &prompts[..prompts_per_step.min(prompts.len())];
+    let prompt_tokens =
+        prompts.iter().map(|p| p.ids.len() as f64).sum::<f64>() / prompts.len() as f64;
     // 2N FLOPs a token forward, 6N forward + backward: sampling, the reference forward
     // and the policy's forward and backward over prompt + completion.
-    let rows_per_step = (PROMPTS * 8) as f64;
+    let rows_per_step = (prompts_per_step * generations) as f64;
     let sampled = rows_per_step * (prompt_tokens + completion);
     let flops = 2.0 * parameters * sampled + 8.0 * parameters * sampled;
     println!(
         "  rlvr          {step:.3} s/step  (sample {sample:.3}, score {score:.3}, reference {reference:.3}, update {update:.3}; \
-         mean completion {completion:.1} tokens; ≈{:.1} GFLOP/s effective)",
+         mean completion {completion:.1} tokens; ≈{:.1} GFLOP/s effective; peak RSS {rlvr_peak:.2} GB)",
         flops / step / 1e9
     );
-    match trl_step(&model_dir, &prompts, &tokenizer, dir, bench) {
-        Ok((trl_step, trl_generate)) => println!(
-            "  TRL GRPO      {trl_step:.3} s/step  (generate {trl_generate:.3}, rest {:.3}; ≈{:.1} GFLOP/s)   \
+    // Weights, gradients, AdamW's two moments and the frozen reference, in f32.
+    println!(
+        "  model state   {:.2} GB (f32 weights, gradients, 2 AdamW moments, reference)",
+        parameters * 20.0 / 1e9
+    );
+    match trl_step(&model_dir, prompts, &tokenizer, dir, bench) {
+        Ok(trl) => println!(
+            "  TRL GRPO      {:.3} s/step  (generate {:.3}, rest {:.3}; ≈{:.1} GFLOP/s; peak RSS {:.2} GB)   \
              rlvr / TRL ×{:.2} faster per step",
-            trl_step - trl_generate,
-            flops / trl_step / 1e9,
-            trl_step / step
+            trl.step,
+            trl.generate,
+            trl.step - trl.generate,
+            flops / trl.step / 1e9,
+            trl.peak_rss_gb,
+            trl.step / step
         ),
         Err(reason) => println!("  TRL GRPO      skipped: {reason:#}"),
     }
@@ -170,7 +192,7 @@ fn trl_step(
     tokenizer: &Tokenizer,
     dir: &Path,
     bench: &RlBench,
-) -> Result<(f64, f64)> {
+) -> Result<TrlTimes> {
     let python = crate::cache::cache_dir().join("pyenv/bin/python");
     if !python.exists() {
         bail!(
@@ -189,7 +211,16 @@ fn trl_step(
         .arg(script)
         .arg(model_dir)
         .arg(&prompts_path)
-        .args([bench.steps, bench.warmup, bench.threads].map(|n| n.to_string()))
+        .args(
+            [
+                bench.steps,
+                bench.warmup,
+                bench.threads,
+                bench.generations,
+                bench.new_tokens,
+            ]
+            .map(|n| n.to_string()),
+        )
         .output()
         .context("cannot run the TRL script")?;
     if !output.status.success() {
@@ -202,10 +233,47 @@ fn trl_step(
     let last = stdout.lines().last().unwrap_or_default();
     let result: serde_json::Value =
         serde_json::from_str(last).with_context(|| format!("TRL printed {last:?}"))?;
-    Ok((
-        result["step_seconds"].as_f64().context("no step time")?,
-        result["generate_seconds"]
-            .as_f64()
-            .context("no generate time")?,
-    ))
+    let number = |key: &str| result[key].as_f64().with_context(|| format!("no {key}"));
+    Ok(TrlTimes {
+        step: number("step_seconds")?,
+        generate: number("generate_seconds")?,
+        peak_rss_gb: number("peak_rss_kb")? * 1024.0 / 1e9,
+    })
+}
+
+struct TrlTimes {
+    step: f64,
+    generate: f64,
+    peak_rss_gb: f64,
+}
+
+/// This process's peak resident memory (VmHWM), in GB; 0 where /proc has none.
+fn peak_rss_gb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb * 1024.0 / 1e9)
+}
+
+/// Pads a tokenizer.json's vocabulary with placeholder tokens up to `size`, so that a
+/// model with a real-sized vocabulary can be sampled and decoded (BPE never produces
+/// them; decoding gives their text).
+fn pad_vocabulary(path: &Path, size: usize) -> Result<()> {
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+    let added = json["added_tokens"].as_array().cloned().unwrap_or_default();
+    let vocab = json["model"]["vocab"]
+        .as_object_mut()
+        .context("tokenizer.json has no model.vocab")?;
+    let ids = vocab.values().chain(added.iter().map(|t| &t["id"]));
+    let next = ids
+        .filter_map(serde_json::Value::as_u64)
+        .max()
+        .map_or(0, |m| m + 1);
+    for id in next as usize..size {
+        vocab.insert(format!("<pad{id}>"), id.into());
+    }
+    std::fs::write(path, serde_json::to_string(&json)?)?;
+    Ok(())
 }

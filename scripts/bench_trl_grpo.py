@@ -1,13 +1,12 @@
 """TRL's GRPOTrainer on the workload of `rlvr bench rl`, timed per step.
 
-Usage: python bench_trl_grpo.py MODEL_DIR PROMPTS_JSON STEPS WARMUP THREADS [GENERATIONS NEW_TOKENS]
+Usage: python bench_trl_grpo.py MODEL_DIR PROMPTS_JSON STEPS WARMUP THREADS [GENERATIONS NEW_TOKENS CHECKPOINTING]
 Prints one JSON object: median seconds per step and per generate() call over the
 steps after the warm-up. Run by `rlvr bench rl` with the venv of scripts/python-env.sh
 (installed with RLVR_WITH_TRL=1).
 """
 
 import json
-import resource
 import re
 import statistics
 import sys
@@ -21,7 +20,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 model_dir, prompts_path = sys.argv[1], sys.argv[2]
 steps, warmup, threads = (int(a) for a in sys.argv[3:6])
-generations, new_tokens = (int(a) for a in (sys.argv[6:8] or [8, 32]))
+generations, new_tokens, checkpointing = (int(a) for a in (sys.argv[6:9] or [8, 32, 0]))
 torch.set_num_threads(threads)
 
 tokenizer = PreTrainedTokenizerFast(
@@ -64,6 +63,15 @@ class StepTimer(TrainerCallback):
         self.seconds.append(time.perf_counter() - self.start)
 
 
+def peak_rss_kb():
+    """This process's own peak (VmHWM). Not getrusage's ru_maxrss: Linux carries the
+    parent's peak into a child across fork and exec, so it would report rlvr's."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
 prompts = json.load(open(prompts_path))
 timer = StepTimer()
 with tempfile.TemporaryDirectory() as out:
@@ -73,6 +81,7 @@ with tempfile.TemporaryDirectory() as out:
         gradient_accumulation_steps=1,
         num_generations=generations,
         max_completion_length=new_tokens,
+        gradient_checkpointing=bool(checkpointing),
         temperature=1.0,
         beta=0.04,
         loss_type="grpo",
@@ -103,7 +112,7 @@ print(
             "step_seconds": statistics.median(timer.seconds[warmup:]),
             "generate_seconds": statistics.median(generate_seconds[warmup:]),
             "steps": len(timer.seconds),
-            "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            "peak_rss_kb": peak_rss_kb(),
         }
     )
 )

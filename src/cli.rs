@@ -429,6 +429,9 @@ enum BenchKind {
         generations: usize,
         #[arg(long, default_value_t = 32)]
         new_tokens: usize,
+        /// Activation checkpointing on both sides.
+        #[arg(long)]
+        gradient_checkpointing: bool,
         #[arg(long, default_value_t = 8)]
         steps: usize,
         #[arg(long, default_value_t = 2)]
@@ -477,6 +480,7 @@ impl BenchKind {
                 prompts,
                 generations,
                 new_tokens,
+                gradient_checkpointing,
                 steps,
                 warmup,
                 threads,
@@ -486,6 +490,7 @@ impl BenchKind {
                 prompts,
                 generations,
                 new_tokens,
+                gradient_checkpointing,
                 steps,
                 warmup,
                 threads,

@@ -21,6 +21,8 @@ pub struct RlBench {
     pub prompts: usize,
     pub generations: usize,
     pub new_tokens: usize,
+    /// Activation checkpointing on both sides.
+    pub gradient_checkpointing: bool,
     pub steps: usize,
     pub warmup: usize,
     pub threads: usize,
@@ -107,18 +109,26 @@ fn run_both(bench: &RlBench, dir: &Path) -> Result<()> {
         format!(
             "name: bench\noutput_dir: {dir}\nmodel: {{path: {model}}}\ntask: {dir}/task.yaml\n\
              optim: {{learning_rate: 1.0e-6}}\n\
-             train: {{max_steps: {steps}, batch_size: 64, sample_log_steps: 0}}\n\
+             train: {{max_steps: {steps}, batch_size: 64, sample_log_steps: 0, \
+             gradient_checkpointing: {checkpointing}}}\n\
              rl: {{prompts_per_step: {prompts_per_step}, num_generations: {generations}, max_completion_length: {new_tokens}, \
              beta: 0.04, loss_type: grpo}}\n",
             dir = dir.display(),
             model = model_dir.display(),
             steps = bench.steps,
+            checkpointing = bench.gradient_checkpointing,
         ),
     )?;
     let config = RunConfig::load(&config_path)?;
     println!(
         "GRPO step benchmark: Qwen2 {parameters} parameters, {prompts_per_step} prompts × {generations} generations, \
-         {new_tokens} new tokens, beta 0.04, loss_type grpo, {} libtorch thread(s); median of {} steps after {} warm-up",
+         {new_tokens} new tokens, beta 0.04, loss_type grpo, gradient checkpointing {}, {} libtorch thread(s); \
+         median of {} steps after {} warm-up",
+        if bench.gradient_checkpointing {
+            "on"
+        } else {
+            "off"
+        },
         bench.threads,
         bench.steps - bench.warmup,
         bench.warmup
@@ -218,6 +228,7 @@ fn trl_step(
                 bench.threads,
                 bench.generations,
                 bench.new_tokens,
+                usize::from(bench.gradient_checkpointing),
             ]
             .map(|n| n.to_string()),
         )

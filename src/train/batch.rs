@@ -23,13 +23,42 @@ pub struct TokenLoss {
     pub tokens: f64,
     /// Target tokens the model ranks first.
     pub correct: f64,
+    /// Past [`SMALL_LOGITS`], `sum` is a leaf and these push its gradient through the
+    /// head chunk by chunk (as [`CompletionForward`] does).
+    chunked: Option<ChunkedLoss>,
     recompute: Option<Recompute>,
 }
 
+struct ChunkedLoss {
+    /// The hidden states still attached to the model, and the same as a leaf.
+    attached: Tensor,
+    hidden: Tensor,
+    inputs: LogprobInputs,
+    weight: Tensor,
+}
+
 impl TokenLoss {
-    /// `loss.backward()` for a loss built on `sum`, through checkpointed layers too.
+    /// `loss.backward()` for a loss built on `sum`, through the chunks of the head and
+    /// checkpointed layers too. Use it instead of `loss.backward()`.
     pub fn backward(&self, model: &Transformer, loss: &Tensor) {
         loss.backward();
+        if let Some(chunked) = &self.chunked {
+            let grad = self.sum.grad();
+            if grad.defined() {
+                let ChunkedLoss {
+                    attached,
+                    hidden,
+                    inputs,
+                    weight,
+                } = chunked;
+                for (start, n) in inputs.chunks(hidden) {
+                    let (logprobs, _) = inputs.chunk(model, hidden, start, n);
+                    let nll = -(logprobs * weight.narrow(1, start, n)).sum(Kind::Float);
+                    (nll * &grad).backward();
+                }
+                (attached * hidden.grad()).sum(Kind::Float).backward();
+            }
+        }
         if let Some(recompute) = &self.recompute {
             recompute.backward(model);
         }
@@ -45,6 +74,21 @@ pub fn next_token_loss(
     loss_mask: &[Vec<u8>],
     checkpointing: bool,
 ) -> Result<TokenLoss> {
+    let chunking = Chunking {
+        step: chunk_positions(sequences.len() as i64, model.config.vocab_size as i64),
+        whole_up_to: SMALL_LOGITS,
+        checkpointing,
+    };
+    next_token_loss_in_chunks(model, sequences, loss_mask, chunking)
+}
+
+fn next_token_loss_in_chunks(
+    model: &Transformer,
+    sequences: &[Vec<i64>],
+    loss_mask: &[Vec<u8>],
+    chunking: Chunking,
+) -> Result<TokenLoss> {
+    let checkpointing = chunking.checkpointing;
     let device = model.device();
     let width = sequences.iter().map(Vec::len).max().unwrap_or(0);
     let (mut ids, mut real, mut targets) = (Vec::new(), Vec::new(), Vec::new());
@@ -65,6 +109,20 @@ pub fn next_token_loss(
     let positions = position_ids_from_mask(&real);
     let (hidden, recompute) =
         recompute::hidden_states(model, &ids, &positions, &real, checkpointing)?;
+    let vocab = model.config.vocab_size as i64;
+    if rows as i64 * (width as i64 - 1) * vocab > chunking.whole_up_to {
+        let next = ids.narrow(1, 1, width as i64 - 1);
+        let weight = targets.to_kind(Kind::Float);
+        let attached = hidden.narrow(1, 0, width as i64 - 1);
+        return Ok(chunked_loss(
+            model,
+            attached,
+            next,
+            weight,
+            chunking.step,
+            recompute,
+        ));
+    }
     // The head over every position, then the last dropped: the same float path as
     // before checkpointing existed (narrowing first changes the product's rounding,
     // and the demo's pretrain → SFT → GRPO chain swung from 89.6% to 57.6% on it).
@@ -87,8 +145,62 @@ pub fn next_token_loss(
         sum: (nll * &weight).sum(Kind::Float),
         tokens: weight.sum(Kind::Double).double_value(&[]),
         correct,
+        chunked: None,
         recompute,
     })
+}
+
+/// The next-token loss a few positions at a time (`step`), without gradient; with
+/// gradient on, `sum` is a leaf that [`TokenLoss::backward`] carries into the model.
+fn chunked_loss(
+    model: &Transformer,
+    attached: Tensor,
+    next: Tensor,
+    weight: Tensor,
+    step: i64,
+    recompute: Option<Recompute>,
+) -> TokenLoss {
+    let inputs = LogprobInputs {
+        targets: next,
+        temperature: 1.0,
+        step,
+    };
+    let hidden = attached.detach();
+    let (mut total, mut correct) = (0.0, 0.0);
+    tch::no_grad(|| {
+        for (start, n) in inputs.chunks(&hidden) {
+            let (logprobs, log_softmax) = inputs.chunk(model, &hidden, start, n);
+            let weight = weight.narrow(1, start, n);
+            total -= (logprobs * &weight).sum(Kind::Double).double_value(&[]);
+            let targets = inputs.targets.narrow(1, start, n);
+            correct += (log_softmax
+                .argmax(-1, false)
+                .eq_tensor(&targets)
+                .to_kind(Kind::Float)
+                * &weight)
+                .sum(Kind::Double)
+                .double_value(&[]);
+        }
+    });
+    let tokens = weight.sum(Kind::Double).double_value(&[]);
+    let sum = Tensor::from(total as f32).to_device(hidden.device());
+    let chunked = attached.requires_grad().then(|| ChunkedLoss {
+        attached,
+        hidden: hidden.set_requires_grad(true),
+        inputs,
+        weight,
+    });
+    TokenLoss {
+        sum: if chunked.is_some() {
+            sum.set_requires_grad(true)
+        } else {
+            sum
+        },
+        tokens,
+        correct,
+        chunked,
+        recompute,
+    }
 }
 
 /// Per-token log-probs of completions (with gradient) and the entropy of each
@@ -471,7 +583,8 @@ mod tests {
         }
     }
 
-    /// SFT's loss with activation checkpointing: the same value and gradients.
+    /// SFT's loss with activation checkpointing, in chunks of the vocabulary-wide
+    /// logits, and both: the same value and gradients.
     #[test]
     fn checkpointed_next_token_loss_gives_the_plain_gradients() {
         use crate::model::{Model, ModelConfig};
@@ -479,13 +592,19 @@ mod tests {
         let model = Model::random(&config, Device::Cpu, crate::types::Dtype::F32, 2).unwrap();
         let sequences = vec![vec![1, 5, 9, 3, 7, 2], vec![4, 4, 8]];
         let masks = vec![vec![0, 0, 1, 1, 1, 1], vec![0, 1, 1]];
-        let run = |checkpointing: bool| {
+        let run = |checkpointing: bool, step: i64, whole_up_to: i64| {
             for (_, mut variable) in model.vs.variables() {
                 variable.zero_grad();
             }
-            let loss =
-                next_token_loss(&model.transformer, &sequences, &masks, checkpointing).unwrap();
+            let chunking = Chunking {
+                step,
+                whole_up_to,
+                checkpointing,
+            };
+            let loss = next_token_loss_in_chunks(&model.transformer, &sequences, &masks, chunking)
+                .unwrap();
             assert_eq!(loss.recompute.is_some(), checkpointing);
+            assert_eq!(loss.chunked.is_some(), whole_up_to == 0);
             loss.backward(&model.transformer, &(&loss.sum / loss.tokens));
             let mut grads: Vec<(String, Tensor)> = model
                 .vs
@@ -496,13 +615,25 @@ mod tests {
             grads.sort_by(|a, b| a.0.cmp(&b.0));
             (loss.sum.double_value(&[]), grads)
         };
-        let (plain_loss, plain) = run(false);
-        let (loss, checkpointed) = run(true);
-        assert!((plain_loss - loss).abs() < 1e-5);
-        for ((name, a), (_, b)) in checkpointed.iter().zip(&plain) {
-            let diff = (a - b).abs().max().double_value(&[]);
-            assert!(diff < 1e-5, "gradient of {name} differs by {diff}");
-            assert!(b.abs().sum(Kind::Float).double_value(&[]) > 0.0 || name.contains("bias"));
+        let (plain_loss, plain) = run(false, 1, i64::MAX);
+        // Checkpointed; in chunks of 1 and 2 positions; both.
+        for (checkpointing, step, whole_up_to) in [
+            (true, 1, i64::MAX),
+            (false, 1, 0),
+            (false, 2, 0),
+            (true, 2, 0),
+        ] {
+            let (loss, other) = run(checkpointing, step, whole_up_to);
+            let at = format!("checkpointing {checkpointing}, chunks of {step} ({whole_up_to})");
+            assert!(
+                (plain_loss - loss).abs() < 1e-5,
+                "{at}: {plain_loss} vs {loss}"
+            );
+            for ((name, a), (_, b)) in other.iter().zip(&plain) {
+                let diff = (a - b).abs().max().double_value(&[]);
+                assert!(diff < 1e-5, "{at}: gradient of {name} differs by {diff}");
+                assert!(b.abs().sum(Kind::Float).double_value(&[]) > 0.0 || name.contains("bias"));
+            }
         }
     }
 

@@ -1,6 +1,6 @@
-//! Turning token sequences into padded tensors, and the per-token quantities every
-//! stage trains on: next-token cross-entropy (pretrain, SFT) and completion log-probs
-//! under temperature-scaled logits (RL).
+//! Turning token sequences into padded tensors and micro-batches, and the completion
+//! log-probs under temperature-scaled logits that RL trains on (the next-token loss
+//! of pretraining and SFT is `token_loss.rs`).
 
 use super::recompute::{self, Recompute};
 pub use crate::data::order::{DataOrder, step_seed};
@@ -10,197 +10,10 @@ use anyhow::Result;
 use std::ops::Range;
 use tch::{Device, Kind, Tensor};
 
-fn to_tensor(values: Vec<i64>, rows: usize, device: Device) -> Tensor {
+pub(super) fn to_tensor(values: Vec<i64>, rows: usize, device: Device) -> Tensor {
     Tensor::from_slice(&values)
         .reshape([rows as i64, -1])
         .to_device(device)
-}
-
-/// Sums of the next-token loss over the marked target tokens of a right-padded batch.
-pub struct TokenLoss {
-    /// Sum of cross-entropy over target tokens (with gradient).
-    pub sum: Tensor,
-    pub tokens: f64,
-    /// Target tokens the model ranks first.
-    pub correct: f64,
-    /// Past [`SMALL_LOGITS`], `sum` is a leaf and these push its gradient through the
-    /// head chunk by chunk (as [`CompletionForward`] does).
-    chunked: Option<ChunkedLoss>,
-    recompute: Option<Recompute>,
-}
-
-struct ChunkedLoss {
-    /// The hidden states still attached to the model, and the same as a leaf.
-    attached: Tensor,
-    hidden: Tensor,
-    inputs: LogprobInputs,
-    weight: Tensor,
-}
-
-impl TokenLoss {
-    /// `loss.backward()` for a loss built on `sum`, through the chunks of the head and
-    /// checkpointed layers too. Use it instead of `loss.backward()`.
-    pub fn backward(&self, model: &Transformer, loss: &Tensor) {
-        loss.backward();
-        if let Some(chunked) = &self.chunked {
-            let grad = self.sum.grad();
-            if grad.defined() {
-                let ChunkedLoss {
-                    attached,
-                    hidden,
-                    inputs,
-                    weight,
-                } = chunked;
-                for (start, n) in inputs.chunks(hidden) {
-                    let (logprobs, _) = inputs.chunk(model, hidden, start, n);
-                    let nll = -(logprobs * weight.narrow(1, start, n)).sum(Kind::Float);
-                    (nll * &grad).backward();
-                }
-                (attached * hidden.grad()).sum(Kind::Float).backward();
-            }
-        }
-        if let Some(recompute) = &self.recompute {
-            recompute.backward(model);
-        }
-    }
-}
-
-/// Next-token cross-entropy for `sequences`; `loss_mask[i][t]` = 1 when token t of
-/// sequence i is a target (the first token never is: nothing predicts it). With
-/// `checkpointing`, run the backward through [`TokenLoss::backward`].
-pub fn next_token_loss(
-    model: &Transformer,
-    sequences: &[Vec<i64>],
-    loss_mask: &[Vec<u8>],
-    checkpointing: bool,
-) -> Result<TokenLoss> {
-    let chunking = Chunking {
-        step: chunk_positions(sequences.len() as i64, model.config.vocab_size as i64),
-        whole_up_to: SMALL_LOGITS,
-        checkpointing,
-    };
-    next_token_loss_in_chunks(model, sequences, loss_mask, chunking)
-}
-
-fn next_token_loss_in_chunks(
-    model: &Transformer,
-    sequences: &[Vec<i64>],
-    loss_mask: &[Vec<u8>],
-    chunking: Chunking,
-) -> Result<TokenLoss> {
-    let checkpointing = chunking.checkpointing;
-    let device = model.device();
-    let width = sequences.iter().map(Vec::len).max().unwrap_or(0);
-    let (mut ids, mut real, mut targets) = (Vec::new(), Vec::new(), Vec::new());
-    for (sequence, mask) in sequences.iter().zip(loss_mask) {
-        let pad = width - sequence.len();
-        ids.extend(sequence.iter().copied().chain(std::iter::repeat_n(0, pad)));
-        real.extend(std::iter::repeat_n(1i64, sequence.len()).chain(std::iter::repeat_n(0, pad)));
-        targets.extend(
-            mask.iter()
-                .map(|&m| i64::from(m))
-                .chain(std::iter::repeat_n(0, pad)),
-        );
-    }
-    let rows = sequences.len();
-    let ids = to_tensor(ids, rows, device);
-    let real = to_tensor(real, rows, device);
-    let targets = to_tensor(targets, rows, device).narrow(1, 1, width as i64 - 1);
-    let positions = position_ids_from_mask(&real);
-    let (hidden, recompute) =
-        recompute::hidden_states(model, &ids, &positions, &real, checkpointing)?;
-    let vocab = model.config.vocab_size as i64;
-    if rows as i64 * (width as i64 - 1) * vocab > chunking.whole_up_to {
-        let next = ids.narrow(1, 1, width as i64 - 1);
-        let weight = targets.to_kind(Kind::Float);
-        let attached = hidden.narrow(1, 0, width as i64 - 1);
-        return Ok(chunked_loss(
-            model,
-            attached,
-            next,
-            weight,
-            chunking.step,
-            recompute,
-        ));
-    }
-    // The head over every position, then the last dropped: the same float path as
-    // before checkpointing existed (narrowing first changes the product's rounding,
-    // and the demo's pretrain → SFT → GRPO chain swung from 89.6% to 57.6% on it).
-    let logits = model.logits(&hidden).narrow(1, 0, width as i64 - 1);
-    let logits = logits.to_kind(Kind::Float);
-    let next = ids.narrow(1, 1, width as i64 - 1);
-    let logprobs = logits.log_softmax(-1, Kind::Float);
-    let nll = -logprobs
-        .gather(-1, &next.unsqueeze(-1), false)
-        .squeeze_dim(-1);
-    let weight = targets.to_kind(Kind::Float);
-    let correct = logits
-        .argmax(-1, false)
-        .eq_tensor(&next)
-        .to_kind(Kind::Float)
-        .g_mul(&weight)
-        .sum(Kind::Double)
-        .double_value(&[]);
-    Ok(TokenLoss {
-        sum: (nll * &weight).sum(Kind::Float),
-        tokens: weight.sum(Kind::Double).double_value(&[]),
-        correct,
-        chunked: None,
-        recompute,
-    })
-}
-
-/// The next-token loss a few positions at a time (`step`), without gradient; with
-/// gradient on, `sum` is a leaf that [`TokenLoss::backward`] carries into the model.
-fn chunked_loss(
-    model: &Transformer,
-    attached: Tensor,
-    next: Tensor,
-    weight: Tensor,
-    step: i64,
-    recompute: Option<Recompute>,
-) -> TokenLoss {
-    let inputs = LogprobInputs {
-        targets: next,
-        temperature: 1.0,
-        step,
-    };
-    let hidden = attached.detach();
-    let (mut total, mut correct) = (0.0, 0.0);
-    tch::no_grad(|| {
-        for (start, n) in inputs.chunks(&hidden) {
-            let (logprobs, log_softmax) = inputs.chunk(model, &hidden, start, n);
-            let weight = weight.narrow(1, start, n);
-            total -= (logprobs * &weight).sum(Kind::Double).double_value(&[]);
-            let targets = inputs.targets.narrow(1, start, n);
-            correct += (log_softmax
-                .argmax(-1, false)
-                .eq_tensor(&targets)
-                .to_kind(Kind::Float)
-                * &weight)
-                .sum(Kind::Double)
-                .double_value(&[]);
-        }
-    });
-    let tokens = weight.sum(Kind::Double).double_value(&[]);
-    let sum = Tensor::from(total as f32).to_device(hidden.device());
-    let chunked = attached.requires_grad().then(|| ChunkedLoss {
-        attached,
-        hidden: hidden.set_requires_grad(true),
-        inputs,
-        weight,
-    });
-    TokenLoss {
-        sum: if chunked.is_some() {
-            sum.set_requires_grad(true)
-        } else {
-            sum
-        },
-        tokens,
-        correct,
-        chunked,
-        recompute,
-    }
 }
 
 /// Per-token log-probs of completions (with gradient) and the entropy of each
@@ -242,29 +55,35 @@ pub struct CompletionForward {
 
 /// Targets [rows, width] and sampling temperature of the completion log-probs, and
 /// how many positions a chunk takes.
-struct LogprobInputs {
-    targets: Tensor,
-    temperature: f64,
-    step: i64,
+pub(super) struct LogprobInputs {
+    pub(super) targets: Tensor,
+    pub(super) temperature: f64,
+    pub(super) step: i64,
 }
 
 /// Logits up to this many floats (256 MB) are held whole, under autograd: chunking
 /// costs a second pass through the LM head in the backward.
-const SMALL_LOGITS: i64 = 1 << 26;
+pub(super) const SMALL_LOGITS: i64 = 1 << 26;
 
 fn entropy_of(log_softmax: &Tensor) -> Tensor {
     -(log_softmax.exp() * log_softmax).sum_dim_intlist(-1, false, Kind::Float)
 }
 
 /// Positions per chunk: about 2^24 floats (64 MB) of logits at a time.
-fn chunk_positions(rows: i64, vocab: i64) -> i64 {
+pub(super) fn chunk_positions(rows: i64, vocab: i64) -> i64 {
     ((1 << 24) / (rows * vocab).max(1)).max(1)
 }
 
 impl LogprobInputs {
     /// Log-probs [rows, n] of the targets at positions `start..start + n` of `hidden`,
     /// and the logits scaled by the temperature minus their logsumexp.
-    fn chunk(&self, model: &Transformer, hidden: &Tensor, start: i64, n: i64) -> (Tensor, Tensor) {
+    pub(super) fn chunk(
+        &self,
+        model: &Transformer,
+        hidden: &Tensor,
+        start: i64,
+        n: i64,
+    ) -> (Tensor, Tensor) {
         let logits = model
             .logits(&hidden.narrow(1, start, n))
             .to_kind(Kind::Float)
@@ -275,7 +94,7 @@ impl LogprobInputs {
         (logprobs, log_softmax)
     }
 
-    fn chunks(&self, hidden: &Tensor) -> impl Iterator<Item = (i64, i64)> {
+    pub(super) fn chunks(&self, hidden: &Tensor) -> impl Iterator<Item = (i64, i64)> {
         let (width, step) = (hidden.size()[1], self.step);
         (0..width)
             .step_by(step as usize)
@@ -330,10 +149,10 @@ pub fn completion_forward(
 /// How [`forward_in_chunks`] saves memory: positions per logits chunk, the logits
 /// size held whole, and activation checkpointing.
 #[derive(Clone, Copy)]
-struct Chunking {
-    step: i64,
-    whole_up_to: i64,
-    checkpointing: bool,
+pub(super) struct Chunking {
+    pub(super) step: i64,
+    pub(super) whole_up_to: i64,
+    pub(super) checkpointing: bool,
 }
 
 fn forward_in_chunks(
@@ -496,6 +315,19 @@ pub fn padded_floats(rows: &[&[f32]], width: usize, device: Device) -> Tensor {
         .to_device(device)
 }
 
+/// Every variable's gradient, by name, for comparing two backward passes.
+#[cfg(test)]
+pub(super) fn sorted_gradients(model: &crate::model::Model) -> Vec<(String, Tensor)> {
+    let mut grads: Vec<(String, Tensor)> = model
+        .vs
+        .variables()
+        .into_iter()
+        .map(|(name, v)| (name, v.grad().copy()))
+        .collect();
+    grads.sort_by(|a, b| a.0.cmp(&b.0));
+    grads
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,14 +349,7 @@ mod tests {
                 variable.zero_grad();
             }
             let (logprobs, entropy) = loss_of();
-            let mut grads: Vec<(String, Tensor)> = model
-                .vs
-                .variables()
-                .into_iter()
-                .map(|(name, v)| (name, v.grad().copy()))
-                .collect();
-            grads.sort_by(|a, b| a.0.cmp(&b.0));
-            (logprobs, entropy, grads)
+            (logprobs, entropy, sorted_gradients(&model))
         };
         // Today's path: the whole [rows, width, vocab] log-softmax under autograd.
         let (full_logprobs, full_entropy, full) = gradients(&|| {
@@ -579,60 +404,6 @@ mod tests {
                     b.abs().sum(Kind::Float).double_value(&[]) > 0.0 || name.contains("bias"),
                     "{name}"
                 );
-            }
-        }
-    }
-
-    /// SFT's loss with activation checkpointing, in chunks of the vocabulary-wide
-    /// logits, and both: the same value and gradients.
-    #[test]
-    fn checkpointed_next_token_loss_gives_the_plain_gradients() {
-        use crate::model::{Model, ModelConfig};
-        let config = ModelConfig::tiny_qwen2(40, 16, 3, 4);
-        let model = Model::random(&config, Device::Cpu, crate::types::Dtype::F32, 2).unwrap();
-        let sequences = vec![vec![1, 5, 9, 3, 7, 2], vec![4, 4, 8]];
-        let masks = vec![vec![0, 0, 1, 1, 1, 1], vec![0, 1, 1]];
-        let run = |checkpointing: bool, step: i64, whole_up_to: i64| {
-            for (_, mut variable) in model.vs.variables() {
-                variable.zero_grad();
-            }
-            let chunking = Chunking {
-                step,
-                whole_up_to,
-                checkpointing,
-            };
-            let loss = next_token_loss_in_chunks(&model.transformer, &sequences, &masks, chunking)
-                .unwrap();
-            assert_eq!(loss.recompute.is_some(), checkpointing);
-            assert_eq!(loss.chunked.is_some(), whole_up_to == 0);
-            loss.backward(&model.transformer, &(&loss.sum / loss.tokens));
-            let mut grads: Vec<(String, Tensor)> = model
-                .vs
-                .variables()
-                .into_iter()
-                .map(|(name, v)| (name, v.grad().copy()))
-                .collect();
-            grads.sort_by(|a, b| a.0.cmp(&b.0));
-            (loss.sum.double_value(&[]), grads)
-        };
-        let (plain_loss, plain) = run(false, 1, i64::MAX);
-        // Checkpointed; in chunks of 1 and 2 positions; both.
-        for (checkpointing, step, whole_up_to) in [
-            (true, 1, i64::MAX),
-            (false, 1, 0),
-            (false, 2, 0),
-            (true, 2, 0),
-        ] {
-            let (loss, other) = run(checkpointing, step, whole_up_to);
-            let at = format!("checkpointing {checkpointing}, chunks of {step} ({whole_up_to})");
-            assert!(
-                (plain_loss - loss).abs() < 1e-5,
-                "{at}: {plain_loss} vs {loss}"
-            );
-            for ((name, a), (_, b)) in other.iter().zip(&plain) {
-                let diff = (a - b).abs().max().double_value(&[]);
-                assert!(diff < 1e-5, "{at}: gradient of {name} differs by {diff}");
-                assert!(b.abs().sum(Kind::Float).double_value(&[]) > 0.0 || name.contains("bias"));
             }
         }
     }

@@ -18,6 +18,7 @@ pub mod reward_model;
 pub mod rollout;
 pub mod sft;
 pub mod threads;
+pub mod token_loss;
 
 use crate::config::RunConfig;
 use crate::config::run::{Algorithm, Device};

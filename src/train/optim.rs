@@ -286,7 +286,7 @@ mod tests {
     /// Three steps of next-token loss on a tiny model from the same bf16-representable
     /// start; returns how far each weight moved (through the optimizer's own view).
     fn moved_weights(model: &crate::model::Model, master: bool) -> Tensor {
-        use crate::train::batch::next_token_loss;
+        use crate::train::token_loss::next_token_loss;
         let mut config = config();
         config.learning_rate = 1e-6;
         config.weight_decay = 0.0;
@@ -342,7 +342,7 @@ mod tests {
     #[test]
     fn bf16_master_weights_resume_exactly() {
         use crate::model::{Model, ModelConfig};
-        use crate::train::batch::next_token_loss;
+        use crate::train::token_loss::next_token_loss;
         use crate::types::Dtype;
         let shape = ModelConfig::tiny_qwen2(64, 32, 1, 4);
         let sequences = vec![(0..10).collect::<Vec<i64>>()];

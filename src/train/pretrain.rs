@@ -8,7 +8,8 @@
 //! token the same.
 
 use super::Objective;
-use super::batch::{DataOrder, micro_batches, next_token_loss};
+use super::batch::{DataOrder, micro_batches};
+use super::token_loss::next_token_loss;
 use crate::config::RunConfig;
 use crate::config::run::{DataSection, OnBadRecord};
 use crate::data::prompts::filter_records;

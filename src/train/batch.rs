@@ -94,6 +94,17 @@ impl LogprobInputs {
         (logprobs, log_softmax)
     }
 
+    /// Accumulates in `hidden` (a leaf) the gradient of Σ log-probs · `grad`
+    /// ([rows, width]), recomputing the head's logits one chunk at a time.
+    pub(super) fn push_through_head(&self, model: &Transformer, hidden: &Tensor, grad: &Tensor) {
+        for (start, n) in self.chunks(hidden) {
+            let (logprobs, _) = self.chunk(model, hidden, start, n);
+            (logprobs * grad.narrow(1, start, n))
+                .sum(Kind::Float)
+                .backward();
+        }
+    }
+
     pub(super) fn chunks(&self, hidden: &Tensor) -> impl Iterator<Item = (i64, i64)> {
         let (width, step) = (hidden.size()[1], self.step);
         (0..width)
@@ -111,21 +122,22 @@ impl CompletionForward {
         if let Some((attached, inputs)) = &self.graph {
             let grad = self.logprobs.grad();
             if grad.defined() {
-                for (start, n) in inputs.chunks(&self.hidden) {
-                    let (logprobs, _) = inputs.chunk(model, &self.hidden, start, n);
-                    (logprobs * grad.narrow(1, start, n))
-                        .sum(Kind::Float)
-                        .backward();
-                }
+                inputs.push_through_head(model, &self.hidden, &grad);
             }
-            let hidden_grad = self.hidden.grad();
-            if hidden_grad.defined() {
-                (attached * hidden_grad).sum(Kind::Float).backward();
-            }
+            carry_into_model(attached, &self.hidden);
         }
         if let Some(recompute) = &self.recompute {
             recompute.backward(model);
         }
+    }
+}
+
+/// Carries the gradient left on the leaf `hidden` into the model through `attached`,
+/// the same hidden states still on the model's graph.
+pub(super) fn carry_into_model(attached: &Tensor, hidden: &Tensor) {
+    let grad = hidden.grad();
+    if grad.defined() {
+        (attached * grad).sum(Kind::Float).backward();
     }
 }
 

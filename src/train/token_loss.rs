@@ -2,7 +2,9 @@
 //! of pretraining and SFT. Past [`SMALL_LOGITS`] floats of logits it is worked out a
 //! few positions at a time, as the RL log-probs are (`batch.rs`).
 
-use super::batch::{Chunking, LogprobInputs, SMALL_LOGITS, chunk_positions, to_tensor};
+use super::batch::{
+    Chunking, LogprobInputs, SMALL_LOGITS, carry_into_model, chunk_positions, to_tensor,
+};
 use super::recompute::{self, Recompute};
 use crate::model::{Transformer, position_ids_from_mask};
 use anyhow::Result;
@@ -43,12 +45,9 @@ impl TokenLoss {
                     inputs,
                     weight,
                 } = chunked;
-                for (start, n) in inputs.chunks(hidden) {
-                    let (logprobs, _) = inputs.chunk(model, hidden, start, n);
-                    let nll = -(logprobs * weight.narrow(1, start, n)).sum(Kind::Float);
-                    (nll * &grad).backward();
-                }
-                (attached * hidden.grad()).sum(Kind::Float).backward();
+                // d sum / d log-prob = −weight, times what the loss made of `sum`.
+                inputs.push_through_head(model, hidden, &(-weight * &grad));
+                carry_into_model(attached, hidden);
             }
         }
         if let Some(recompute) = &self.recompute {

@@ -68,6 +68,7 @@ enum Command {
 }
 
 pub fn main() -> ExitCode {
+    crate::allocator::keep_freed_memory();
     let outcome = match Cli::parse().command {
         Command::Check(args) => crate::config::files::check_files(&args.files, args.quiet),
         Command::Env => crate::env_report::print(),

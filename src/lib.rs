@@ -3,6 +3,7 @@
 //! Data flows one way (see docs/ARCHITECTURE.md): run config and task →
 //! prompts → sampler → rewards → advantages → loss → optimizer → run directory.
 
+pub mod allocator;
 pub mod bench;
 pub mod build_info;
 pub mod cache;

@@ -10,6 +10,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("types", &[]),
     ("cache", &[]),
     ("build_info", &[]),
+    ("allocator", &[]),
     ("config", &["types"]),
     ("tokenizer", &[]),
     ("data", &["config", "tokenizer"]),
@@ -84,6 +85,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "cli",
         &[
+            "allocator",
             "types",
             "cache",
             "config",

@@ -1,6 +1,6 @@
 """TRL's GRPOTrainer on the workload of `rlvr bench rl`, timed per step.
 
-Usage: python bench_trl_grpo.py MODEL_DIR PROMPTS_JSON STEPS WARMUP THREADS [GENERATIONS NEW_TOKENS CHECKPOINTING]
+Usage: python bench_trl_grpo.py MODEL_DIR PROMPTS_JSON STEPS WARMUP THREADS [GENERATIONS NEW_TOKENS CHECKPOINTING [DEVICE DTYPE]]
 Prints one JSON object: median seconds per step and per generate() call over the
 steps after the warm-up. Run by `rlvr bench rl` with the venv of scripts/python-env.sh
 (installed with RLVR_WITH_TRL=1).
@@ -21,6 +21,7 @@ from trl import GRPOConfig, GRPOTrainer
 model_dir, prompts_path = sys.argv[1], sys.argv[2]
 steps, warmup, threads = (int(a) for a in sys.argv[3:6])
 generations, new_tokens, checkpointing = (int(a) for a in (sys.argv[6:9] or [8, 32, 0]))
+device, dtype = (sys.argv[9:11] or ["cpu", "float32"])
 torch.set_num_threads(threads)
 
 tokenizer = PreTrainedTokenizerFast(
@@ -29,7 +30,8 @@ tokenizer = PreTrainedTokenizerFast(
     pad_token="<|pad|>",
     padding_side="left",
 )
-model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+# bf16 as TRL users run it on a GPU: weights loaded in bf16, bf16=True.
+model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device)
 model.generation_config.eos_token_id = tokenizer.eos_token_id
 model.generation_config.pad_token_id = tokenizer.pad_token_id
 
@@ -90,8 +92,8 @@ with tempfile.TemporaryDirectory() as out:
         logging_steps=1,
         save_strategy="no",
         report_to=[],
-        use_cpu=True,
-        bf16=False,
+        use_cpu=device == "cpu",
+        bf16=dtype == "bfloat16",
         seed=0,
         dataloader_num_workers=0,
         disable_tqdm=True,

@@ -16,6 +16,7 @@
 #   RLVR_CACHE=DIR   cache location (default ~/.cache/rlvr); the venv is DIR/pyenv
 #   PYTHON=python3   interpreter for the venv (3.10+)
 #   RLVR_WITH_TRL=1  also install TRL 1.16 (for `rlvr bench rl`), about 20 s once
+#   RLVR_DEVICE=cuda use the CUDA libtorch of setup.sh instead (scripts/gpu-check.sh)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,7 +25,9 @@ HOME=${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}
 CACHE=${RLVR_CACHE:-$HOME/.cache/rlvr}
 PYTHON=${PYTHON:-python3}
 TORCH_VERSION=2.13.0
-TORCH_DIR="$CACHE/torch-$TORCH_VERSION-cpu"
+# RLVR_DEVICE=cuda: the full CUDA wheel of `RLVR_DEVICE=cuda scripts/setup.sh`, whose
+# NVIDIA libraries are all there, so no stubs get built and torch sees the GPU.
+TORCH_DIR="$CACHE/torch-$TORCH_VERSION-${RLVR_DEVICE:-cpu}"
 VENV="$CACHE/pyenv"
 STUBS="$VENV/cuda-stubs"
 

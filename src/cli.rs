@@ -404,6 +404,9 @@ enum BenchKind {
         /// The weights' dtype on both sides: f32, bf16.
         #[arg(long, default_value = "f32", value_parser = parse_dtype)]
         dtype: crate::types::Dtype,
+        /// Where both sides run: cpu, cuda or cuda:N (a `--features cuda` build).
+        #[arg(long, default_value = "cpu")]
+        device: String,
         #[arg(long, default_value_t = 64)]
         rows: usize,
         #[arg(long, default_value_t = 16)]
@@ -424,6 +427,12 @@ enum BenchKind {
         /// tokenizer to its 151,936-token vocabulary.
         #[arg(long, value_enum, default_value = "small")]
         shape: crate::bench::Shape,
+        /// The weights' dtype on both sides: f32, bf16 (rlvr keeps f32 master weights).
+        #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+        dtype: crate::types::Dtype,
+        /// Where both sides run: cpu or cuda (a `--features cuda` build).
+        #[arg(long, default_value = "cpu")]
+        device: String,
         #[arg(long, default_value_t = 8)]
         prompts: usize,
         #[arg(long, default_value_t = 8)]
@@ -462,6 +471,7 @@ impl BenchKind {
             BenchKind::Sample {
                 shape,
                 dtype,
+                device,
                 rows,
                 prompt_tokens,
                 new_tokens,
@@ -470,6 +480,7 @@ impl BenchKind {
             } => crate::bench::sample(&crate::bench::SampleBench {
                 shape,
                 dtype,
+                device: inspect::parse_device(&device)?,
                 rows,
                 prompt_tokens,
                 new_tokens,
@@ -478,6 +489,8 @@ impl BenchKind {
             }),
             BenchKind::Rl {
                 shape,
+                dtype,
+                device,
                 prompts,
                 generations,
                 new_tokens,
@@ -488,6 +501,8 @@ impl BenchKind {
                 load,
             } => crate::bench::rl::rl(&crate::bench::rl::RlBench {
                 shape,
+                dtype,
+                device: inspect::parse_device(&device)?,
                 prompts,
                 generations,
                 new_tokens,

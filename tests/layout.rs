@@ -56,6 +56,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "bench",
         &[
+            "allocator",
             "types",
             "cache",
             "config",

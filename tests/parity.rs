@@ -38,16 +38,19 @@ fn float_tensor(value: &Value) -> Tensor {
     Tensor::from_slice(&flat).reshape([batch, seq, -1])
 }
 
-/// The libtorch forward's logits for one fixture case, `dtype` as loaded.
+/// The libtorch forward's logits for one fixture case, `dtype` as loaded, on the CPU
+/// whatever device the model is on.
 fn our_logits(model: &Model, case: &Value) -> Tensor {
-    let ids = int_tensor(&case["input_ids"]);
-    let mask = int_tensor(&case["attention_mask"]);
-    let positions = int_tensor(&case["position_ids"]);
+    let device = model.vs.device();
+    let ids = int_tensor(&case["input_ids"]).to_device(device);
+    let mask = int_tensor(&case["attention_mask"]).to_device(device);
+    let positions = int_tensor(&case["position_ids"]).to_device(device);
     tch::no_grad(|| {
         model
             .transformer
             .forward(&ids, &positions, &mask, None)
             .unwrap()
+            .to_device(Device::Cpu)
     })
 }
 
@@ -136,6 +139,40 @@ const FIXTURES: [&str; 4] = [
 fn logits_match_transformers_in_f32_and_bf16() {
     for name in FIXTURES {
         check_logits(name);
+    }
+}
+
+/// The same fixtures on a GPU (cuBLAS and CUDA attention kernels): f32 logits to 1e-4,
+/// bf16 log-probs within 0.1 of transformers'. Without CUDA it says so and passes,
+/// unless `RLVR_REQUIRE_CUDA=1` (set by scripts/gpu-check.sh), which makes it fail.
+#[test]
+fn logits_match_transformers_on_cuda() {
+    if !tch::Cuda::is_available() {
+        assert!(
+            std::env::var("RLVR_REQUIRE_CUDA").as_deref() != Ok("1"),
+            "RLVR_REQUIRE_CUDA=1 but libtorch sees no CUDA device (built with --features cuda?)"
+        );
+        eprintln!("no CUDA device: the GPU parity check did not run");
+        return;
+    }
+    for name in FIXTURES {
+        let expected = expected(name);
+        for (dtype, bound) in [(Dtype::F32, 1e-4), (Dtype::Bf16, 0.1)] {
+            let model = Model::load(&fixture(name), Device::Cuda(0), dtype).unwrap();
+            for case in ["single", "left_padded"] {
+                let case_data = &expected["cases"][case];
+                let ours = our_logits(&model, case_data);
+                let (ours, theirs) = match dtype {
+                    Dtype::F32 => (ours, float_tensor(&case_data["logits"])),
+                    _ => (
+                        ours.log_softmax(-1, Kind::Float),
+                        float_tensor(&case_data["bf16_logprobs"]),
+                    ),
+                };
+                let max = max_difference(ours, theirs, case_data);
+                assert!(max < bound, "{name}/{case} {dtype:?} on CUDA: {max}");
+            }
+        }
     }
 }
 

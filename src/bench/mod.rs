@@ -21,6 +21,7 @@ use transformers::HfGenerate;
 pub struct SampleBench {
     pub shape: Shape,
     pub dtype: Dtype,
+    pub device: Device,
     pub rows: usize,
     pub prompt_tokens: usize,
     pub new_tokens: usize,
@@ -71,7 +72,7 @@ const READ_BANDWIDTH: f64 = 23e9;
 pub fn sample(bench: &SampleBench) -> Result<()> {
     tch::set_num_threads(bench.threads as i32);
     let config = bench.shape.config();
-    let model = Model::random(&config, Device::Cpu, bench.dtype, 0)?;
+    let model = Model::random(&config, bench.device, bench.dtype, 0)?;
     let parameters = model.parameter_count();
     let small = bench.shape == Shape::Small;
     let prompts: Vec<Vec<i64>> = (0..bench.rows)
@@ -88,8 +89,9 @@ pub fn sample(bench: &SampleBench) -> Result<()> {
     };
     let generated = (bench.rows * bench.new_tokens) as f64;
     println!(
-        "sampling benchmark: Qwen2 {parameters} parameters ({:?}), {} rows × {} new tokens after {}-token prompts, {} libtorch thread(s), best of {}",
+        "sampling benchmark: Qwen2 {parameters} parameters ({:?} on {:?}), {} rows × {} new tokens after {}-token prompts, {} libtorch thread(s), best of {}",
         bench.dtype,
+        bench.device,
         bench.rows,
         bench.new_tokens,
         bench.prompt_tokens,
@@ -132,7 +134,7 @@ pub fn sample(bench: &SampleBench) -> Result<()> {
         sample::generate(&model.transformer, &prompts, &libtorch_params, None).map(|_| ())
     })?;
     // Seconds per run: two are enough to see a ×10 gap.
-    let uncached = if small {
+    let uncached = if small && bench.device == Device::Cpu {
         Some(best_of(bench.repeats.min(2), || {
             no_cache_generate(&model, &prompts, &params)
         })?)
@@ -145,12 +147,14 @@ pub fn sample(bench: &SampleBench) -> Result<()> {
         "  rlvr                {:>9.0} tokens/s  ({cached:.3} s)   decode steps: {steps}",
         generated / cached,
     );
-    println!(
-        "  bandwidth floor     {floor:.3} s for {} decode steps reading {:.2} GB each: rlvr at {:.0}% of it",
-        bench.new_tokens,
-        step_bytes / 1e9,
-        100.0 * floor / cached
-    );
+    if bench.device == Device::Cpu {
+        println!(
+            "  bandwidth floor     {floor:.3} s for {} decode steps reading {:.2} GB each: rlvr at {:.0}% of it",
+            bench.new_tokens,
+            step_bytes / 1e9,
+            100.0 * floor / cached
+        );
+    }
     println!(
         "  rlvr, libtorch steps{:>9.0} tokens/s  ({libtorch:.3} s)   rlvr / this ×{:.2}",
         generated / libtorch,

@@ -18,6 +18,9 @@ use tch::Device;
 
 pub struct RlBench {
     pub shape: super::Shape,
+    /// The policy's and reference's dtype on both sides.
+    pub dtype: Dtype,
+    pub device: Device,
     pub prompts: usize,
     pub generations: usize,
     pub new_tokens: usize,
@@ -107,7 +110,8 @@ fn run_both(bench: &RlBench, dir: &Path) -> Result<()> {
     std::fs::write(
         &config_path,
         format!(
-            "name: bench\noutput_dir: {dir}\nmodel: {{path: {model}}}\ntask: {dir}/task.yaml\n\
+            "name: bench\noutput_dir: {dir}\ndevice: {device}\nmodel: {{path: {model}, dtype: {dtype}}}\n\
+             task: {dir}/task.yaml\n\
              optim: {{learning_rate: 1.0e-6}}\n\
              train: {{max_steps: {steps}, batch_size: 64, sample_log_steps: 0, \
              gradient_checkpointing: {checkpointing}}}\n\
@@ -115,15 +119,23 @@ fn run_both(bench: &RlBench, dir: &Path) -> Result<()> {
              beta: 0.04, loss_type: grpo}}\n",
             dir = dir.display(),
             model = model_dir.display(),
+            device = if bench.device.is_cuda() {
+                "cuda"
+            } else {
+                "cpu"
+            },
+            dtype = dtype_name(bench.dtype),
             steps = bench.steps,
             checkpointing = bench.gradient_checkpointing,
         ),
     )?;
     let config = RunConfig::load(&config_path)?;
     println!(
-        "GRPO step benchmark: Qwen2 {parameters} parameters, {prompts_per_step} prompts × {generations} generations, \
+        "GRPO step benchmark: Qwen2 {parameters} parameters ({:?} on {:?}), {prompts_per_step} prompts × {generations} generations, \
          {new_tokens} new tokens, beta 0.04, loss_type grpo, gradient checkpointing {}, {} libtorch thread(s); \
          median of {} steps after {} warm-up",
+        bench.dtype,
+        bench.device,
         if bench.gradient_checkpointing {
             "on"
         } else {
@@ -135,6 +147,8 @@ fn run_both(bench: &RlBench, dir: &Path) -> Result<()> {
     );
     train::rl(&config, StartOptions::default())?;
     let rlvr_peak = peak_rss_gb();
+    // The run kept its peak for reuse; TRL needs that memory next.
+    crate::allocator::release_free_memory();
     let rows = RunDir::read_metrics(&config.run_dir())?;
     let rows = &rows[bench.warmup..];
     let median = |key: &str| -> Result<f64> {
@@ -232,6 +246,12 @@ fn trl_step(
             ]
             .map(|n| n.to_string()),
         )
+        .arg(super::transformers::torch_device(bench.device))
+        .arg(if bench.dtype == Dtype::F32 {
+            "float32"
+        } else {
+            "bfloat16"
+        })
         .output()
         .context("cannot run the TRL script")?;
     if !output.status.success() {
@@ -256,6 +276,15 @@ struct TrlTimes {
     step: f64,
     generate: f64,
     peak_rss_gb: f64,
+}
+
+/// The config's name for a dtype.
+fn dtype_name(dtype: Dtype) -> &'static str {
+    match dtype {
+        Dtype::F32 => "f32",
+        Dtype::Bf16 => "bf16",
+        Dtype::F16 => "f16",
+    }
 }
 
 /// This process's peak resident memory (VmHWM), in GB; 0 where /proc has none.

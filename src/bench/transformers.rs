@@ -13,22 +13,33 @@ use std::time::Duration;
 const SCRIPT: &str = r#"
 import sys, time, torch
 from transformers import AutoModelForCausalLM
-model_dir, dtype = sys.argv[1], getattr(torch, sys.argv[2])
-rows, prompt_tokens, new_tokens, threads = map(int, sys.argv[3:])
+model_dir, dtype, device = sys.argv[1], getattr(torch, sys.argv[2]), sys.argv[3]
+rows, prompt_tokens, new_tokens, threads = map(int, sys.argv[4:])
 torch.set_num_threads(threads)
 torch.manual_seed(0)
-model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
-ids = torch.tensor([[(r * 31 + t * 7) % 500 + 3 for t in range(prompt_tokens)] for r in range(rows)])
+model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+ids = torch.tensor([[(r * 31 + t * 7) % 500 + 3 for t in range(prompt_tokens)] for r in range(rows)],
+                   device=device)
 def run():
     with torch.no_grad():
         model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
                        max_new_tokens=new_tokens, min_new_tokens=new_tokens, top_k=0,
                        pad_token_id=0, eos_token_id=None)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 run()  # warm-up
 print("ready", flush=True)
 for _ in sys.stdin:
     start = time.perf_counter(); run(); print(time.perf_counter() - start, flush=True)
 "#;
+
+/// torch's name for a device.
+pub(super) fn torch_device(device: tch::Device) -> String {
+    match device {
+        tch::Device::Cuda(index) => format!("cuda:{index}"),
+        _ => "cpu".into(),
+    }
+}
 
 /// A Python process holding the model, ready to time `generate()`.
 pub(super) struct HfGenerate {
@@ -63,6 +74,7 @@ impl HfGenerate {
                 crate::types::Dtype::Bf16 => "bfloat16",
                 crate::types::Dtype::F16 => "float16",
             })
+            .arg(torch_device(model.vs.device()))
             .args(sizes.map(|n| n.to_string()))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -124,7 +124,7 @@ fn run_both(bench: &RlBench, dir: &Path) -> Result<()> {
             } else {
                 "cpu"
             },
-            dtype = dtype_name(bench.dtype),
+            dtype = serde_yaml::to_string(&bench.dtype)?.trim(),
             steps = bench.steps,
             checkpointing = bench.gradient_checkpointing,
         ),
@@ -247,11 +247,7 @@ fn trl_step(
             .map(|n| n.to_string()),
         )
         .arg(super::transformers::torch_device(bench.device))
-        .arg(if bench.dtype == Dtype::F32 {
-            "float32"
-        } else {
-            "bfloat16"
-        })
+        .arg(super::transformers::torch_dtype(bench.dtype))
         .output()
         .context("cannot run the TRL script")?;
     if !output.status.success() {
@@ -276,15 +272,6 @@ struct TrlTimes {
     step: f64,
     generate: f64,
     peak_rss_gb: f64,
-}
-
-/// The config's name for a dtype.
-fn dtype_name(dtype: Dtype) -> &'static str {
-    match dtype {
-        Dtype::F32 => "f32",
-        Dtype::Bf16 => "bf16",
-        Dtype::F16 => "f16",
-    }
 }
 
 /// This process's peak resident memory (VmHWM), in GB; 0 where /proc has none.

@@ -33,6 +33,15 @@ for _ in sys.stdin:
     start = time.perf_counter(); run(); print(time.perf_counter() - start, flush=True)
 "#;
 
+/// torch's name for a dtype.
+pub(super) fn torch_dtype(dtype: crate::types::Dtype) -> &'static str {
+    match dtype {
+        crate::types::Dtype::F32 => "float32",
+        crate::types::Dtype::Bf16 => "bfloat16",
+        crate::types::Dtype::F16 => "float16",
+    }
+}
+
 /// torch's name for a device.
 pub(super) fn torch_device(device: tch::Device) -> String {
     match device {
@@ -69,11 +78,7 @@ impl HfGenerate {
             .arg("-c")
             .arg(SCRIPT)
             .arg(dir.join("model"))
-            .arg(match bench.dtype {
-                crate::types::Dtype::F32 => "float32",
-                crate::types::Dtype::Bf16 => "bfloat16",
-                crate::types::Dtype::F16 => "float16",
-            })
+            .arg(torch_dtype(bench.dtype))
             .arg(torch_device(model.vs.device()))
             .args(sizes.map(|n| n.to_string()))
             .stdin(Stdio::piped())

@@ -243,11 +243,17 @@ unsafe fn tile<const R: usize, const O: usize, E: Element>(
         }
         for (r, row_sums) in sums.iter().enumerate() {
             for (o, sum) in row_sums.iter().enumerate() {
-                let mut total = horizontal_sum(*sum);
-                for i in vectors..inputs {
-                    total += *x.add(r * inputs + i) * (*w.add(o * inputs + i)).widen();
-                }
-                out.write(first_row + r, first_output + o, total);
+                let (x, w) = (x.add(r * inputs), w.add(o * inputs));
+                let at = (first_row + r, first_output + o);
+                finish(
+                    x,
+                    inputs,
+                    w,
+                    out,
+                    at,
+                    (vectors, 1),
+                    &mut [horizontal_sum(*sum)],
+                );
             }
         }
     }
